@@ -1,0 +1,3 @@
+"""shadowproxy: a dark-launch proxy."""
+
+__version__ = "0.1.0"
