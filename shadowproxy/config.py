@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 import yaml
@@ -232,9 +232,7 @@ class DiffRules(Model):
 
     ignore: list[PointerPattern] = Field(default_factory=list)
     """JSON Pointer patterns: ``*`` matches one key or index, ``**`` any depth."""
-    unordered: list[Annotated[Unordered, BeforeValidator(_unordered)]] = Field(
-        default_factory=list
-    )
+    unordered: list[Annotated[Unordered, BeforeValidator(_unordered)]] = Field(default_factory=list)
     tolerance: Annotated[Tolerance, BeforeValidator(_tolerance)] | None = None
     ignore_headers: HeaderNames = Field(default_factory=list)
     null_equals_missing: bool | None = None
@@ -249,9 +247,7 @@ class DiffConfig(Model):
     ignore_headers: HeaderNames = Field(default_factory=lambda: list(DEFAULT_IGNORE_HEADERS))
     compare_headers: bool = True
     ignore: list[PointerPattern] = Field(default_factory=list)
-    unordered: list[Annotated[Unordered, BeforeValidator(_unordered)]] = Field(
-        default_factory=list
-    )
+    unordered: list[Annotated[Unordered, BeforeValidator(_unordered)]] = Field(default_factory=list)
     tolerance: Annotated[Tolerance, BeforeValidator(_tolerance)] | None = None
     null_equals_missing: bool = False
     endpoints: list[EndpointDiffRules] = Field(default_factory=list)
@@ -288,6 +284,8 @@ class Config(Model):
     log: LogConfig = Field(default_factory=LogConfig)
     max_request_body_bytes: Bytes | None = None
     """Requests with larger bodies get 413 before anything reaches the primary; unset: no cap."""
+    shutdown_timeout: Seconds = 15.0
+    """On SIGTERM, client requests under way get this long to finish."""
 
     @model_validator(mode="after")
     def _distinct_backends(self) -> Config:

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 ID_PLACEHOLDER = "{id}"
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
 _NUMBER = re.compile(r"-?\d+")
 _LONG_HEX = re.compile(r"[0-9a-fA-F]{16,}")
 # Opaque tokens: long, with both digits and letters (base64 ids, ULIDs, hashes).

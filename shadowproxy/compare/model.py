@@ -18,7 +18,7 @@ class Kind(enum.StrEnum):
     ADDED = "added"
     REMOVED = "removed"
     TYPE = "type"
-    """Same place, different JSON type: ``1`` became ``"1"``, ``1`` became ``1.0``, a number ``null``."""
+    """Same place, different JSON type: ``1`` became ``"1"`` or ``1.0``, a number ``null``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,107 @@
+"""The ``shadowproxy`` command: run, check-config, and the commands that read the log."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shadowproxy import __version__, oplog
+from shadowproxy.config import ENV_CONFIG, Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    path: str | None = args.config or os.environ.get(ENV_CONFIG)
+    return path
+
+
+def _load(path: str | None) -> Config | None:
+    if path is None:
+        print(f"shadowproxy: no config: pass --config FILE or set {ENV_CONFIG}", file=sys.stderr)
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"shadowproxy: invalid config {path}:\n{error}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from shadowproxy.server import serve
+
+    path = _config_path(args)
+    config = _load(path)
+    if config is None:
+        return EXIT_USAGE
+    oplog.configure()
+    _install_uvloop()
+    try:
+        asyncio.run(serve(config, Path(path) if path else None))
+    except OSError as error:  # the port is taken, the log file cannot be opened, ...
+        print(f"shadowproxy: cannot start: {error}", file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or _config_path(args)
+    config = _load(path)
+    if config is None:
+        return EXIT_USAGE
+    print(f"{path}: ok (digest {config.digest()})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shadowproxy",
+        description="Dark-launch proxy: serve the primary, mirror to a candidate, log differences.",
+    )
+    parser.add_argument("--version", action="version", version=f"shadowproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument("--config", "-c", help=f"config file (default: ${ENV_CONFIG})")
+    run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file", nargs="?", help=f"config file (default: ${ENV_CONFIG})")
+    check.set_defaults(func=cmd_check_config, config=None)
+
+    _register_optional(commands)
+    return parser
+
+
+def _register_optional(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands that live in their own packages register themselves here."""
+    from shadowproxy.report.cli import register as register_report
+
+    register_report(commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``| head``); that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    return code

@@ -1,0 +1,267 @@
+"""The primary path: the client's request goes to the primary, its answer streams back untouched.
+
+Each request moves through visible phases: admit (size check, sampling), send upstream
+(the body streams through, teed for the mirror when sampled), answer (status, headers, then
+the body as it arrives), and hand-over to the mirror. Nothing here waits on the candidate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from shadowproxy import oplog
+from shadowproxy.config import Config
+from shadowproxy.endpoints import endpoint_of
+from shadowproxy.exchange import Response
+from shadowproxy.headers import (
+    REQUEST_ID,
+    new_request_id,
+    response_headers,
+    upstream_request_headers,
+    with_host,
+)
+from shadowproxy.metrics import Metrics
+from shadowproxy.mirror import MirrorDispatcher, MirrorTicket
+from shadowproxy.sampling import Sampler, SkipReason
+from shadowproxy.upstream import target_url
+
+# Headers aiohttp's server would add to a response when absent; the client must get only what
+# the primary sent.
+_SERVER_DEFAULTS = ("Date", "Server", "Content-Type")
+
+
+class PassthroughResponse(web.StreamResponse):
+    """A streamed response that adds no header of its own."""
+
+    async def _prepare_headers(self) -> None:
+        supplied = {name for name in _SERVER_DEFAULTS if name in self.headers}
+        await super()._prepare_headers()
+        for name in _SERVER_DEFAULTS:
+            if name not in supplied:
+                self.headers.popall(name, None)
+
+
+def error_response(status: int, error: str, detail: str, request_id: str) -> web.Response:
+    body = orjson.dumps({"error": error, "detail": detail, "request_id": request_id})
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+class Capture:
+    """A bounded copy of a body as it streams past."""
+
+    __slots__ = ("chunks", "kept", "limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.size = 0
+        self.limit = limit
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = self.limit - self.kept
+        if room > 0:
+            piece = chunk if len(chunk) <= room else chunk[:room]
+            self.chunks.append(piece)
+            self.kept += len(piece)
+
+    @property
+    def overflowed(self) -> bool:
+        return self.size > self.kept
+
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class PrimaryPath:
+    """The request handler of the proxy listener."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        session: aiohttp.ClientSession,
+        mirror: MirrorDispatcher,
+        metrics: Metrics,
+    ) -> None:
+        self._session = session
+        self._mirror = mirror
+        self._metrics = metrics
+        self._log = oplog.get()
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Swap in a new config; requests under way keep the values they started with."""
+        self._config = config
+        self._sampler = Sampler(config.mirror)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        config = self._config
+        request_id = request.headers.get(REQUEST_ID) or new_request_id()
+        content_length = request.content_length
+        limit = config.max_request_body_bytes
+        if limit is not None and content_length is not None and content_length > limit:
+            self._metrics.requests.labels("413").inc()
+            return error_response(
+                413, "request_too_large", f"body exceeds {limit} bytes", request_id
+            )
+
+        client_ip = request.remote or ""
+        headers = upstream_request_headers(
+            request.headers, client_ip=client_ip, scheme=request.scheme, request_id=request_id
+        )
+        ticket = self._admit(request, request_id, client_ip, headers, content_length)
+        try:
+            return await self._forward(request, request_id, headers, ticket)
+        finally:
+            if ticket is not None:
+                ticket.abandon(SkipReason.CLIENT_ABORTED)
+
+    def _admit(
+        self,
+        request: web.BaseRequest,
+        request_id: str,
+        client_ip: str,
+        headers: CIMultiDict[str],
+        content_length: int | None,
+    ) -> MirrorTicket | None:
+        decision = self._sampler.decide(request.method, content_length)
+        if not decision.mirror:
+            assert decision.reason is not None
+            self._metrics.skipped.labels(decision.reason.value).inc()
+            return None
+        return self._mirror.admit(
+            request_id=request_id,
+            method=request.method,
+            path=request.raw_path,
+            endpoint=endpoint_of(request.method, request.raw_path),
+            client_ip=client_ip,
+            upstream_headers=headers,
+        )
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        request_id: str,
+        headers: CIMultiDict[str],
+        ticket: MirrorTicket | None,
+    ) -> web.StreamResponse:
+        config = self._config
+        data: AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            data = self._request_body(request, ticket)
+        elif ticket is not None:
+            ticket.request_complete(b"")
+
+        started = time.perf_counter()
+        try:
+            upstream = await self._session.request(
+                request.method,
+                target_url(config.primary, request.raw_path),
+                headers=with_host(headers, config.primary.host),
+                data=data,
+                allow_redirects=False,
+            )
+        except Exception as error:
+            if ticket is not None:
+                ticket.abandon(SkipReason.PRIMARY_FAILED)
+            return self._primary_failed(error, request, request_id)
+
+        try:
+            return await self._answer(request, upstream, ticket, started)
+        finally:
+            upstream.release()
+
+    async def _request_body(
+        self, request: web.BaseRequest, ticket: MirrorTicket | None
+    ) -> AsyncIterator[bytes]:
+        """Stream the client's body upstream; keep a copy for the mirror while it fits."""
+        copy = Capture(self._config.mirror.max_body_bytes) if ticket is not None else None
+        limit = self._config.max_request_body_bytes
+        received = 0
+        async for chunk in request.content.iter_any():
+            received += len(chunk)
+            if limit is not None and received > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=received)
+            if copy is not None:
+                copy.add(chunk)
+                if copy.overflowed and ticket is not None:
+                    ticket.abandon(SkipReason.BODY_SIZE)
+                    copy = None
+            yield chunk
+        if copy is not None and ticket is not None:
+            ticket.request_complete(copy.body())
+
+    async def _answer(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        ticket: MirrorTicket | None,
+        started: float,
+    ) -> web.StreamResponse:
+        response = PassthroughResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=response_headers(upstream.headers.items()),
+        )
+        await response.prepare(request)
+        capture = Capture(self._config.diff.max_body_bytes) if ticket is not None else None
+        try:
+            async for chunk in upstream.content.iter_any():
+                if capture is not None:
+                    capture.add(chunk)
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # The primary broke off mid-body. The client must see a broken response, not a
+            # complete-looking one: close the connection without the final chunk.
+            self._metrics.primary_errors.labels("truncated").inc()
+            self._log.warning(
+                "primary_body_truncated", request_id=ticket.id if ticket else None, error=str(error)
+            )
+            if ticket is not None:
+                ticket.abandon(SkipReason.PRIMARY_FAILED)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        self._metrics.requests.labels(str(upstream.status)).inc()
+        if ticket is not None and capture is not None:
+            ticket.primary_complete(
+                Response(
+                    status=upstream.status,
+                    headers=tuple(upstream.headers.items()),
+                    body=capture.body(),
+                    size=capture.size,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    truncated=capture.overflowed,
+                )
+            )
+        return response
+
+    def _primary_failed(
+        self, error: Exception, request: web.BaseRequest, request_id: str
+    ) -> web.StreamResponse:
+        if isinstance(error, web.HTTPRequestEntityTooLarge):
+            self._metrics.requests.labels("413").inc()
+            return error_response(413, "request_too_large", error.text or "", request_id)
+        if isinstance(error, TimeoutError):
+            status, kind, detail = 504, "primary_timeout", "the primary did not answer in time"
+        elif isinstance(error, aiohttp.ClientConnectorError):
+            status, kind, detail = 502, "primary_unreachable", "cannot connect to the primary"
+        elif isinstance(error, aiohttp.ClientResponseError):
+            status, kind = 502, "primary_invalid_response"
+            detail = "the primary's answer is not valid HTTP"
+        else:
+            status, kind, detail = 502, "primary_failed", "the primary closed the connection"
+        self._metrics.requests.labels(str(status)).inc()
+        self._metrics.primary_errors.labels(kind).inc()
+        fields: dict[str, Any] = {"request_id": request_id, "method": request.method}
+        self._log.warning(kind, path=request.raw_path, error=repr(error), **fields)
+        return error_response(status, kind, detail, request_id)

@@ -1,0 +1,65 @@
+"""Prometheus metrics: what the proxy did, labelled so dark traffic is told apart."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+# Endpoint labels are folded already; this cap keeps a path explosion from exhausting memory.
+MAX_ENDPOINT_LABELS = 200
+OTHER_ENDPOINT = "other"
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "shadowproxy_requests", "Client requests answered, by status code.", ["status"],
+            registry=r,
+        )  # fmt: skip
+        self.primary_errors = Counter(
+            "shadowproxy_primary_errors", "Primary failures answered with 502/504.", ["kind"],
+            registry=r,
+        )  # fmt: skip
+        self.mirrored = Counter(
+            "shadowproxy_mirrored", "Requests copied to the candidate.", registry=r
+        )
+        self.skipped = Counter(
+            "shadowproxy_mirror_skipped", "Requests not mirrored, by reason.", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.comparisons = Counter(
+            "shadowproxy_comparisons", "Compared exchanges by outcome.", ["outcome", "endpoint"],
+            registry=r,
+        )  # fmt: skip
+        self.candidate_errors = Counter(
+            "shadowproxy_candidate_errors", "Candidate failures by kind.", ["kind"], registry=r
+        )
+        self.latency = Histogram(
+            "shadowproxy_backend_latency_seconds", "Latency to the last body byte.", ["backend"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("shadowproxy_mirrors_in_flight", "Mirrors under way.", registry=r)
+        self.log_lost = Counter(
+            "shadowproxy_log_records_lost", "Records the log could not write.", registry=r
+        )
+        self.reloads = Counter(
+            "shadowproxy_config_reloads", "Config reloads by result.", ["result"], registry=r
+        )
+        self._endpoints: set[str] = set()
+
+    def endpoint_label(self, endpoint: str) -> str:
+        if endpoint in self._endpoints:
+            return endpoint
+        if len(self._endpoints) >= MAX_ENDPOINT_LABELS:
+            return OTHER_ENDPOINT
+        self._endpoints.add(endpoint)
+        return endpoint
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

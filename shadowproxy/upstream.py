@@ -1,0 +1,116 @@
+"""Connections to the backends: one pooled client session per backend, and failure kinds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from shadowproxy.config import Backend
+from shadowproxy.exchange import Failure, FailureKind, Response
+
+# Headers aiohttp would add on its own; the backend must see only what the client sent.
+SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+READ_CHUNK = 64 * 1024
+
+
+def make_session(backend: Backend, *, stream_timeout: bool) -> aiohttp.ClientSession:
+    """A session with its own pool; bodies pass through undecoded, cookies are not kept.
+
+    ``stream_timeout`` bounds each read instead of the whole exchange, so a large download
+    from the primary is limited by idleness, not by its length.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=backend.max_connections,
+        limit_per_host=0,
+        keepalive_timeout=backend.keepalive_timeout,
+        ttl_dns_cache=60,
+    )
+    if stream_timeout:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=backend.connect_timeout, sock_read=backend.timeout
+        )
+    else:
+        timeout = aiohttp.ClientTimeout(total=backend.timeout, sock_connect=backend.connect_timeout)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        trust_env=False,
+        read_bufsize=READ_CHUNK,
+    )
+
+
+def target_url(backend: Backend, raw_path: str) -> URL:
+    """The backend URL for a raw client path; percent-encoding is kept exactly as received."""
+    return URL(backend.url + raw_path, encoded=True)
+
+
+def classify(error: BaseException) -> FailureKind:
+    """Name a failure the way the log and the metrics do."""
+    if isinstance(error, TimeoutError):
+        return FailureKind.TIMEOUT
+    if isinstance(error, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        return FailureKind.REFUSED
+    if isinstance(error, aiohttp.ClientResponseError):
+        return FailureKind.INVALID_RESPONSE
+    if isinstance(
+        error,
+        aiohttp.ServerDisconnectedError
+        | aiohttp.ClientPayloadError
+        | aiohttp.ClientOSError
+        | ConnectionError,
+    ):
+        return FailureKind.RESET
+    return FailureKind.INVALID_RESPONSE
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    url: URL,
+    *,
+    method: str,
+    headers: CIMultiDict[str] | Mapping[str, str],
+    body: bytes,
+    deadline: float,
+    capture_bytes: int,
+) -> Response | Failure:
+    """Send one mirrored request and read the whole answer within ``deadline`` seconds.
+
+    The body is kept up to ``capture_bytes``; past that it is still read (so its size and a
+    runaway stream are seen) but not kept.
+    """
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(deadline):
+            async with session.request(
+                method, url, headers=headers, data=body or None, allow_redirects=False
+            ) as response:
+                kept = bytearray()
+                size = 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if len(kept) < capture_bytes:
+                        kept += chunk[: capture_bytes - len(kept)]
+                return Response(
+                    status=response.status,
+                    headers=tuple(response.headers.items()),
+                    body=bytes(kept),
+                    size=size,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    truncated=size > len(kept),
+                )
+    except Exception as error:  # every failure of the candidate is an outcome, not a crash
+        elapsed = (time.perf_counter() - started) * 1000
+        return Failure(kind=classify(error), detail=_describe(error), latency_ms=elapsed)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
