@@ -238,6 +238,11 @@ class MirrorDispatcher:
     def _observe(self, backend: str, result: Response | Failure) -> None:
         self._metrics.latency.labels(backend).observe(result.latency_ms / 1000)
 
+    async def idle(self) -> None:
+        """Wait until no mirror is under way (for tests and orderly shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def drain(self, grace: float) -> int:
         """Stop admitting; let pending mirrors finish within ``grace`` seconds, cancel the rest.
 

@@ -1,0 +1,203 @@
+"""End to end: the real process, a real config file, real backends, the log file it writes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import orjson
+import psutil
+import pytest
+from aiohttp import web
+
+from tests.conftest import Backend, Handler
+from tests.e2e.conftest import ProxyProcess, StartProxy
+
+pytestmark = pytest.mark.e2e
+
+Serve = Callable[..., Awaitable[Backend]]
+MIB = 1024 * 1024
+CHUNK = bytes(range(256)) * 4096  # 1 MiB of a pattern the client can check
+
+
+def json_handler(document: object) -> Handler:
+    async def handler(_: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=orjson.dumps(document), content_type="application/json")
+
+    return handler
+
+
+async def test_process_mirrors_compares_and_logs(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler({"user": {"id": 7, "name": "ada"}, "n": 1}))
+    candidate = await serve(json_handler({"user": {"id": 7, "name": "ada"}, "n": 1.0}))
+    proxy = await start_proxy(primary.url, candidate.url)
+    for user in (7, 8):
+        async with client.get(f"{proxy.url}/users/{user}?x=1") as response:
+            assert await response.json() == {"user": {"id": 7, "name": "ada"}, "n": 1}
+    records = await proxy.wait_records(2)
+    assert await proxy.stop() == 0
+    first = records[0]
+    assert first["event"] == "exchange"
+    assert first["endpoint"] == "GET /users/{id}"
+    assert first["outcome"] == "mismatch"
+    assert first["differences"] == [
+        {"where": "body", "path": "/n", "kind": "type", "primary": 1, "candidate": 1.0}
+    ]
+    assert set(first) >= {"ts", "id", "method", "path", "primary", "candidate"}
+    assert first["ts"].endswith("Z")
+    assert first["primary"]["status"] == 200
+    assert first["primary"]["bytes"] > 0
+
+
+async def test_healthz_on_admin_listener(serve: Serve, start_proxy: StartProxy) -> None:
+    primary = await serve(json_handler({}))
+    candidate = await serve(json_handler({}))
+    proxy = await start_proxy(primary.url, candidate.url)
+    async with aiohttp.ClientSession() as session, session.get(proxy.admin_url + "/healthz") as r:
+        assert r.status == 200
+        assert (await r.json())["status"] == "ok"
+
+
+async def test_secrets_never_reach_the_log(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    async def primary_handler(_: web.BaseRequest) -> web.StreamResponse:
+        response = web.Response(text="p")
+        response.headers.add("Set-Cookie", "session=primary-secret-cookie")
+        response.headers["Authorization"] = "Bearer primary-secret-auth"
+        return response
+
+    async def candidate_handler(_: web.BaseRequest) -> web.StreamResponse:
+        response = web.Response(text="c")
+        response.headers.add("Set-Cookie", "session=candidate-secret-cookie")
+        response.headers["Authorization"] = "Bearer candidate-secret-auth"
+        return response
+
+    primary = await serve(primary_handler)
+    candidate = await serve(candidate_handler)
+    # Compare every header, Set-Cookie included, so a difference in it must be logged redacted.
+    proxy = await start_proxy(primary.url, candidate.url, diff={"ignore_headers": ["date"]})
+    headers = {"Authorization": "Bearer client-secret", "Cookie": "sid=client-cookie"}
+    async with client.get(proxy.url + "/secret", headers=headers) as response:
+        assert response.headers["Set-Cookie"] == "session=primary-secret-cookie"
+    [record] = await proxy.wait_records(1)
+    assert await proxy.stop() == 0
+    text = proxy.log_path.read_text()
+    for secret in ("secret-cookie", "secret-auth", "client-secret", "client-cookie"):
+        assert secret not in text
+    where = {(d["where"], d["path"]) for d in record["differences"]}
+    assert ("header", "set-cookie") in where
+
+
+@pytest.mark.timeout(180)
+async def test_large_bodies_stream_with_bounded_memory(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    download_mib, upload_mib = 200, 100
+
+    async def big(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "POST":
+            digest = hashlib.sha256()
+            size = 0
+            async for chunk in request.content.iter_any():
+                digest.update(chunk)
+                size += len(chunk)
+            return web.json_response({"bytes": size, "sha256": digest.hexdigest()})
+        response = web.StreamResponse(headers={"Content-Length": str(download_mib * MIB)})
+        await response.prepare(request)
+        for _ in range(download_mib):
+            await response.write(CHUNK)
+        await response.write_eof()
+        return response
+
+    primary = await serve(big, read_body=False)
+    candidate = await serve(json_handler({}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, mirror={"methods": ["GET", "POST"], "max_body_bytes": "1MiB"}
+    )
+    watcher = _PeakMemory(proxy)
+    async with watcher:
+        expected = hashlib.sha256(CHUNK * download_mib).hexdigest()
+        digest, size = hashlib.sha256(), 0
+        async with client.get(proxy.url + "/download") as response:
+            assert response.headers["Content-Length"] == str(download_mib * MIB)
+            async for chunk in response.content.iter_chunked(MIB):
+                digest.update(chunk)
+                size += len(chunk)
+        assert size == download_mib * MIB
+        assert digest.hexdigest() == expected
+
+        async def upload() -> object:
+            for _ in range(upload_mib):
+                yield CHUNK
+
+        async with client.post(proxy.url + "/upload", data=upload()) as response:
+            result = await response.json()
+        assert result["bytes"] == upload_mib * MIB
+        assert result["sha256"] == hashlib.sha256(CHUNK * upload_mib).hexdigest()
+    assert watcher.peak < 250 * MIB, f"peak RSS {watcher.peak / MIB:.0f} MiB"
+    # The download was mirrored and compared; the upload was too large to mirror.
+    [record] = await proxy.wait_records(1)
+    assert record["method"] == "GET"
+    assert record["primary"]["bytes"] == download_mib * MIB
+
+
+class _PeakMemory:
+    """Samples the proxy's resident memory while a transfer runs."""
+
+    def __init__(self, proxy: ProxyProcess) -> None:
+        self._process = psutil.Process(proxy.pid)
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _PeakMemory:
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self._measure()
+
+    def _measure(self) -> None:
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    async def _sample(self) -> None:
+        while True:
+            self._measure()
+            await asyncio.sleep(0.02)
+
+
+async def test_sigterm_finishes_requests_under_way(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(_: web.BaseRequest) -> web.StreamResponse:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="finished")
+
+    primary = await serve(slow)
+    candidate = await serve(json_handler({}))
+    proxy = await start_proxy(primary.url, candidate.url)
+
+    async def request() -> str:
+        async with client.get(proxy.url + "/slow") as response:
+            return await response.text()
+
+    pending = asyncio.ensure_future(request())
+    await arrived.wait()
+    proxy.process.send_signal(signal.SIGTERM)
+    # The listener closes at once, but the request under way still completes.
+    await proxy.wait_event("stopping")
+    release.set()
+    assert await pending == "finished"
+    assert await proxy.stop() == 0
+    assert any(e.get("event") == "stopped" for e in proxy.stderr_lines)

@@ -1,0 +1,121 @@
+"""The config model: defaults, bounds, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shadowproxy.config import DEFAULT_IGNORE_HEADERS, ConfigError, load_config, parse_config
+
+MINIMAL = {"primary": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(data: object) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    return str(caught.value)
+
+
+def test_defaults_are_safe() -> None:
+    config = parse_config(MINIMAL)
+    assert config.admin.host == "127.0.0.1"
+    assert config.mirror.methods == ["GET", "HEAD", "OPTIONS"]
+    assert config.mirror.sample_rate == 1.0
+    assert tuple(config.diff.ignore_headers) == DEFAULT_IGNORE_HEADERS
+    assert config.log.path == "-"
+
+
+def test_sample_rate_out_of_range_names_the_key() -> None:
+    message = error_of({**MINIMAL, "mirror": {"sample_rate": 1.5}})
+    assert message == "mirror.sample_rate: must be between 0 and 1"
+
+
+def test_unknown_keys_are_named() -> None:
+    message = error_of({**MINIMAL, "mirror": {"sample_rat": 0.5}, "extra": 1})
+    assert "mirror.sample_rat: unknown key" in message
+    assert "extra: unknown key" in message
+
+
+def test_missing_required_key() -> None:
+    assert error_of({"primary": {"url": "http://a"}}) == "candidate: required key is missing"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"listen": "nowhere"}, "listen: must be"),
+        ({"primary": {"url": "ftp://x"}}, "primary.url: must be an http:// or https:// URL"),
+        ({"candidate": {"url": "http://b", "timeout": 0}}, "candidate.timeout: must be greater"),
+        ({"mirror": {"methods": ["GET", "FETCH"]}}, "mirror.methods: unknown HTTP method"),
+        ({"mirror": {"max_in_flight": 0}}, "mirror.max_in_flight:"),
+        ({"mirror": {"max_body_bytes": "lots"}}, "mirror.max_body_bytes: must be a number"),
+        ({"candidate": {"url": "http://127.0.0.1:1"}}, "candidate.url: must differ"),
+    ],
+)
+def test_bad_values_name_their_key(data: dict[str, object], expected: str) -> None:
+    merged = {**MINIMAL, **data}
+    assert expected in error_of(merged)
+
+
+def test_sizes_accept_units() -> None:
+    config = parse_config({**MINIMAL, "mirror": {"max_body_bytes": "2MiB"}})
+    assert config.mirror.max_body_bytes == 2 * 1024 * 1024
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "primary:\n  url: http://a\n candidate: [\n")
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shadowproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_run_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "primary: {url: 'http://127.0.0.1:1'}\n"
+        "candidate: {url: 'http://127.0.0.1:2'}\n"
+        "mirror: {sample_rate: 7}\n",
+    )
+    result = run_cli("run", "--config", str(path))
+    assert result.returncode == 2
+    assert "mirror.sample_rate: must be between 0 and 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_reports_ok_and_missing_file(tmp_path: Path) -> None:
+    good = write(tmp_path, "primary: {url: 'http://a:1'}\ncandidate: {url: 'http://b:2'}\n")
+    ok = run_cli("check-config", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    missing = run_cli("check-config", str(tmp_path / "absent.yaml"))
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -1,0 +1,53 @@
+"""Endpoint folding and endpoint patterns."""
+
+from __future__ import annotations
+
+import pytest
+
+from shadowproxy.endpoints import EndpointPattern, endpoint_of, fold_path
+
+
+@pytest.mark.parametrize(
+    ("path", "folded"),
+    [
+        ("/users/42/orders", "/users/{id}/orders"),
+        ("/users/42?verbose=1", "/users/{id}"),
+        ("/o/3f2504e0-4f89-11d3-9a0c-0305e82c3301", "/o/{id}"),
+        ("/blobs/9f86d081884c7d659a2feaa0c55ad015", "/blobs/{id}"),
+        ("/t/01HZX3K9Q2W8E7R6T5Y4U3I2O1", "/t/{id}"),
+        ("/v1/users", "/v1/users"),
+        ("/api/v2/health-check", "/api/v2/health-check"),
+        ("/", "/"),
+        ("", "/"),
+    ],
+)
+def test_fold_path(path: str, folded: str) -> None:
+    assert fold_path(path) == folded
+
+
+def test_endpoint_of_uppercases_method() -> None:
+    assert endpoint_of("get", "/a/1") == "GET /a/{id}"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "method", "path", "expected"),
+    [
+        ("GET /users/{id}", "GET", "/users/7", True),
+        ("GET /users/{id}", "GET", "/users/{id}", True),
+        ("GET /users/{id}", "POST", "/users/7", False),
+        ("GET /users/{id}", "GET", "/users/7/orders", False),
+        ("/users/{id}", "DELETE", "/users/7?x=1", True),
+        ("GET,POST /api/**", "POST", "/api/a/b/c", True),
+        ("/api/**", "GET", "/api", True),
+        ("/api/*", "GET", "/api/a/b", False),
+        ("/static/*.css", "GET", "/static/site.css", True),
+        ("* /", "PUT", "/", True),
+    ],
+)
+def test_pattern_matching(pattern: str, method: str, path: str, expected: bool) -> None:
+    assert EndpointPattern.parse(pattern).matches(method, path) is expected
+
+
+def test_pattern_needs_a_path() -> None:
+    with pytest.raises(ValueError, match="must start with"):
+        EndpointPattern.parse("GET users")

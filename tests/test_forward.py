@@ -1,0 +1,238 @@
+"""The primary path: the client gets exactly the primary's response, whatever it is."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import Backend, Handler, RawResponder, RunningProxy
+
+MakeProxy = Callable[..., Awaitable[RunningProxy]]
+Serve = Callable[[Handler], Awaitable[Backend]]
+ServeRaw = Callable[[RawResponder], Awaitable[Backend]]
+
+
+async def ok(_: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+@pytest.fixture
+async def candidate(serve: Serve) -> Backend:
+    return await serve(ok)
+
+
+async def raw_get(url: str, request: bytes) -> bytes:
+    """Send raw bytes, return every byte the proxy answers until it closes."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    data = await reader.read(-1)
+    writer.close()
+    return data
+
+
+async def test_status_reason_and_repeated_headers_pass_through(
+    serve_raw: ServeRaw, candidate: Backend, make_proxy: MakeProxy
+) -> None:
+    answer = (
+        b"HTTP/1.1 418 I Am A Custom Teapot\r\n"
+        b"Content-Type: text/plain\r\n"
+        b"Set-Cookie: a=1; Path=/\r\n"
+        b"Set-Cookie: b=2; Path=/\r\n"
+        b"X-Custom: first\r\n"
+        b"X-Custom: second\r\n"
+        b"Content-Length: 5\r\n"
+        b"Connection: close\r\n\r\nhello"
+    )
+
+    async def respond(_: bytes) -> bytes:
+        return answer
+
+    primary = await serve_raw(respond)
+    proxy = await make_proxy(primary.url, candidate.url)
+    raw = await raw_get(proxy.url, b"GET /tea HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 418 I Am A Custom Teapot"
+    assert lines.count(b"Set-Cookie: a=1; Path=/") == 1
+    assert lines.count(b"Set-Cookie: b=2; Path=/") == 1
+    assert [line for line in lines if line.startswith(b"X-Custom")] == [
+        b"X-Custom: first",
+        b"X-Custom: second",
+    ]
+    assert b"Content-Length: 5" in lines
+    # Nothing the primary did not send: no Date, no Server added by the proxy.
+    assert not any(line.lower().startswith((b"date:", b"server:")) for line in lines)
+    assert body == b"hello"
+
+
+async def test_gzip_body_passes_undecoded_both_ways(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    compressed = gzip.compress(b'{"hello": "world"}' * 100)
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(
+            body=compressed,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    primary = await serve(handler)
+    proxy = await make_proxy(primary.url, candidate.url, mirror={"methods": ["GET", "POST"]})
+    upload = gzip.compress(b"payload" * 1000)
+    async with client.post(
+        proxy.url + "/z",
+        data=upload,
+        headers={"Content-Encoding": "gzip", "Accept-Encoding": "gzip"},
+    ) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert response.headers["Content-Length"] == str(len(compressed))
+        assert await response.read() == compressed
+    assert primary.seen[0].body == upload
+    assert primary.seen[0].header("Content-Encoding") == "gzip"
+
+
+async def test_chunked_stream_arrives_as_it_is_sent(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first;")
+        await release.wait()
+        await response.write(b"second")
+        await response.write_eof()
+        return response
+
+    primary = await serve(handler)
+    proxy = await make_proxy(primary.url, candidate.url)
+    async with client.get(proxy.url + "/stream") as response:
+        assert response.headers.get("Transfer-Encoding") == "chunked"
+        first = await response.content.readexactly(6)
+        assert first == b"first;"  # arrived while the primary still holds the rest
+        release.set()
+        assert await response.content.read() == b"second"
+
+
+async def test_head_204_304_and_redirects(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/empty":
+            return web.Response(status=204)
+        if request.path == "/cached":
+            return web.Response(status=304, headers={"ETag": '"v1"'})
+        if request.path == "/moved":
+            return web.Response(status=302, headers={"Location": "/elsewhere"})
+        return web.Response(body=b"x" * 1234, content_type="application/octet-stream")
+
+    primary = await serve(handler)
+    proxy = await make_proxy(primary.url, candidate.url)
+    async with client.head(proxy.url + "/file") as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == "1234"
+        assert await response.read() == b""
+    async with client.get(proxy.url + "/empty") as response:
+        assert response.status == 204
+        assert await response.read() == b""
+    async with client.get(proxy.url + "/cached") as response:
+        assert response.status == 304
+        assert response.headers["ETag"] == '"v1"'
+    async with client.get(proxy.url + "/moved", allow_redirects=False) as response:
+        assert response.status == 302
+        assert response.headers["Location"] == "/elsewhere"
+    assert [s.raw_path for s in primary.seen].count("/elsewhere") == 0
+
+
+async def test_encoded_query_and_binary_body_reach_primary_exactly(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    blob = os.urandom(70_000)
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=blob, content_type="application/octet-stream")
+
+    primary = await serve(handler)
+    proxy = await make_proxy(primary.url, candidate.url)
+    raw_path = "/search/a%2Fb?q=caf%C3%A9&x=%20y+z&empty=&flag"
+    async with client.get(aiohttp.client.URL(proxy.url + raw_path, encoded=True)) as response:
+        assert await response.read() == blob
+    assert primary.seen[0].raw_path == raw_path
+
+
+async def test_request_headers_forwarded_with_forwarding_context(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url)
+    headers = {
+        "Host": "shop.example",
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Thing": "kept",
+        "Connection": "keep-alive, X-Hop",
+        "X-Hop": "dropped",
+        "Keep-Alive": "timeout=5",
+    }
+    async with client.get(proxy.url + "/h", headers=headers, skip_auto_headers=["User-Agent"]):
+        pass
+    seen = primary.seen[0]
+    assert seen.header("Host") == "shop.example"
+    assert seen.header("X-Thing") == "kept"
+    assert seen.header("X-Forwarded-For") == "203.0.113.7, 127.0.0.1"
+    assert seen.header("X-Forwarded-Proto") == "http"
+    assert seen.header("X-Forwarded-Host") == "shop.example"
+    assert seen.header("X-Request-Id")
+    assert seen.header("X-Hop") is None
+    assert seen.header("Keep-Alive") is None
+    assert seen.header("User-Agent") is None  # nothing the client did not send
+
+
+async def test_host_rewritten_when_config_says_so(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url, primary={"host": "primary.internal"})
+    async with client.get(proxy.url + "/", headers={"Host": "public.example"}):
+        pass
+    assert primary.seen[0].header("Host") == "primary.internal"
+
+
+async def test_primary_down_gives_502_json(
+    candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proxy = await make_proxy(dead, candidate.url)
+    async with client.get(proxy.url + "/x") as response:
+        assert response.status == 502
+        body = await response.json()
+        assert body["error"] == "primary_unreachable"
+        assert body["request_id"]
+
+
+async def test_primary_timeout_gives_504(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    never = asyncio.Event()
+
+    async def hang(_: web.BaseRequest) -> web.StreamResponse:
+        await never.wait()
+        raise AssertionError
+
+    primary = await serve(hang)
+    proxy = await make_proxy(primary.url, candidate.url, primary={"timeout": 0.3})
+    async with client.get(proxy.url + "/slow") as response:
+        assert response.status == 504
+        assert (await response.json())["error"] == "primary_timeout"
