@@ -1,0 +1,157 @@
+"""The detailed comparison of two responses: status, headers, then bodies by content type.
+
+Pure and synchronous. It never raises for anything a backend can send: bodies that fail to
+decode or to parse are compared in a simpler form, and a note says so.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from shadowproxy.compare import decode, media
+from shadowproxy.compare.binary import compare_binary, compare_truncated
+from shadowproxy.compare.collect import Collector
+from shadowproxy.compare.form import compare_form
+from shadowproxy.compare.headers import compare_headers
+from shadowproxy.compare.json_diff import diff_json
+from shadowproxy.compare.media import BodyKind
+from shadowproxy.compare.model import IDENTICAL, Comparison, Kind, Where
+from shadowproxy.compare.rules import CompiledRules
+from shadowproxy.compare.text import compare_text
+from shadowproxy.exchange import Response
+
+
+class NotJson(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise NotJson(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """orjson, and the standard library for what orjson refuses but JSON allows (integers
+    beyond 64 bits). Raises NotJson."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        raise NotJson(str(error)) from None
+
+
+def decoded_body(
+    response: Response, side: str, rules: CompiledRules, out: Collector
+) -> bytes | None:
+    """The body without its content-coding; None, with a note, when it cannot be decoded."""
+    applied = decode.codings(response.header("content-encoding"))
+    if not applied:
+        return response.body
+    try:
+        return decode.decode(response.body, applied, rules.max_decoded_bytes)
+    except decode.TooLarge:
+        out.note(f"{side}_body_decoded_too_large")
+    except decode.DecodeError:
+        out.note(f"{side}_body_undecodable")
+    return None
+
+
+def content_type(primary: Response, candidate: Response) -> str | None:
+    """The primary's type rules; the candidate's is used only when the primary sent none."""
+    return primary.header("content-type") or candidate.header("content-type")
+
+
+def _compare_json(primary: bytes, candidate: bytes, rules: CompiledRules, out: Collector) -> bool:
+    """False when either body is not JSON (or too deep to walk); nothing was added then."""
+    try:
+        a, b = parse_json(primary), parse_json(candidate)
+    except NotJson:
+        return False
+    total, listed = out.total, len(out.differences)
+    try:
+        diff_json(a, b, rules, out)
+    except RecursionError:
+        out.total = total
+        del out.differences[listed:]
+        out.note("json_too_deep")
+        return False
+    return True
+
+
+def compare_bodies(
+    primary: Response, candidate: Response, rules: CompiledRules, out: Collector
+) -> tuple[BodyKind, str | None]:
+    """Add body differences to ``out``; returns how the bodies were compared, and the text
+    excerpt if there is one."""
+    if primary.truncated or candidate.truncated:
+        compare_truncated(primary.body, primary.size, candidate.body, candidate.size, out)
+        return BodyKind.BINARY, None
+    body_p = decoded_body(primary, "primary", rules, out)
+    body_c = decoded_body(candidate, "candidate", rules, out)
+    if body_p is None or body_c is None:
+        compare_binary(
+            primary.body if body_p is None else body_p,
+            candidate.body if body_c is None else body_c,
+            out,
+        )
+        return BodyKind.BINARY, None
+    if not body_p and not body_c:
+        return BodyKind.EMPTY, None
+
+    declared_type = content_type(primary, candidate)
+    declared = media.declared_kind(declared_type)
+    if declared is BodyKind.FORM:
+        compare_form(body_p, body_c, rules.paths.start, out)
+        return BodyKind.FORM, None
+    if (
+        declared is BodyKind.JSON
+        or declared is None
+        or (media.looks_like_json(body_p) and media.looks_like_json(body_c))
+    ) and _compare_json(body_p, body_c, rules, out):
+        return BodyKind.JSON, None
+    if declared is BodyKind.JSON:
+        out.note("json_invalid")
+    if declared in (BodyKind.TEXT, BodyKind.JSON) or (
+        declared is None and media.is_text(body_p) and media.is_text(body_c)
+    ):
+        encoding = media.charset(declared_type)
+        text_p = body_p.decode(encoding, "replace")
+        text_c = body_c.decode(encoding, "replace")
+        return BodyKind.TEXT, compare_text(text_p, text_c, out)
+    compare_binary(body_p, body_c, out)
+    return BodyKind.BINARY, None
+
+
+def compare_head(
+    primary: Response, candidate: Response, rules: CompiledRules, out: Collector
+) -> None:
+    """Status, then headers."""
+    if primary.status != candidate.status:
+        out.add(Where.STATUS, "", Kind.CHANGED, primary.status, candidate.status)
+    if rules.compare_headers:
+        compare_headers(primary.headers, candidate.headers, rules.ignore_headers, out)
+
+
+def result(out: Collector, body_kind: BodyKind, excerpt: str | None = None) -> Comparison:
+    return Comparison(
+        differences=tuple(out.differences),
+        total=out.total,
+        body_kind=body_kind.value,
+        notes=tuple(out.notes),
+        excerpt=excerpt,
+    )
+
+
+def compare(primary: Response, other: Response, rules: CompiledRules) -> Comparison:
+    """Compare ``other`` (the candidate) with ``primary`` under ``rules``."""
+    out = Collector(rules.max_differences)
+    compare_head(primary, other, rules, out)
+    body_kind, excerpt = compare_bodies(primary, other, rules, out)
+    if out.total == 0 and not out.notes and body_kind is BodyKind.EMPTY:
+        return IDENTICAL
+    return result(out, body_kind, excerpt)

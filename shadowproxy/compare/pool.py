@@ -1,0 +1,175 @@
+"""`Comparer`: the fast path inline on the event loop, the detailed engine in workers.
+
+Comparisons that need the engine wait in a bounded queue (``diff.max_queue``, counting those
+queued and those running); when it is full the comparison is skipped and `compare` returns
+None for the caller to count. Workers are processes (``diff.workers``), or one thread when
+``diff.workers`` is 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import structlog
+
+from shadowproxy.compare import engine
+from shadowproxy.compare.fast import quick_compare
+from shadowproxy.compare.model import Comparison
+from shadowproxy.compare.rules import RuleBook
+from shadowproxy.config import DiffConfig
+from shadowproxy.exchange import Response
+
+CLOSE_GRACE = 1.0
+"""Seconds `close` lets running comparisons finish before worker processes are terminated."""
+JOIN_TIMEOUT = 2.0
+"""Seconds to wait for terminated workers to exit; they are killed after that."""
+
+log = structlog.get_logger(__name__)
+
+
+def _worker_init() -> None:
+    # A Ctrl-C goes to the whole process group; only the parent should act on it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _mp_context() -> Any:
+    # fork is unsafe in a process with threads (the event loop's executors); forkserver forks
+    # clean workers quickly, spawn is the portable fallback.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _new_executor(workers: int) -> Executor:
+    if workers == 0:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowproxy-compare")
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=_mp_context(), initializer=_worker_init
+    )
+
+
+class Comparer:
+    """Compares mirrored responses without blocking the event loop for long."""
+
+    def __init__(self, diff: DiffConfig) -> None:
+        self._diff = diff
+        self._book = RuleBook.from_config(diff)
+        self._executor: Executor | None = None
+        self._pending: set[asyncio.Future[Comparison]] = set()
+        self._closed = False
+
+    @property
+    def rulebook(self) -> RuleBook:
+        return self._book
+
+    @property
+    def queued(self) -> int:
+        """Comparisons handed to workers and not finished yet."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        """Start the workers and wait until each can take work, so the first comparisons do
+        not pay for process start-up."""
+        if self._executor is not None:
+            return
+        self._closed = False
+        self._executor = _new_executor(self._diff.workers)
+        await self._warm(self._executor, self._diff.workers)
+
+    @staticmethod
+    async def _warm(executor: Executor, workers: int) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(executor, _ready) for _ in range(max(workers, 1)))
+        )
+
+    def update(self, diff: DiffConfig) -> None:
+        """Hot reload: later comparisons use the new rules; running ones finish with theirs.
+
+        A change of ``diff.workers`` replaces the pool; the old one finishes its work first.
+        Raises ValueError (and keeps the old rules) when the new rules do not compile.
+        """
+        book = RuleBook.from_config(diff)
+        old_workers = self._diff.workers
+        self._book, self._diff = book, diff  # one assignment each; compare reads _book once
+        if self._executor is not None and diff.workers != old_workers:
+            old, self._executor = self._executor, _new_executor(diff.workers)
+            old.shutdown(wait=False)
+
+    async def compare(self, endpoint: str, primary: Response, other: Response) -> Comparison | None:
+        """The comparison; None when it was skipped because the queue was full or the
+        comparer is closing."""
+        rules = self._book.for_endpoint(endpoint)
+        quick = quick_compare(primary, other, rules)
+        if quick is not None:
+            return quick
+        executor = self._executor
+        if executor is None:
+            if self._closed:
+                return None
+            raise RuntimeError("Comparer.start() must be awaited before compare()")
+        if len(self._pending) >= self._diff.max_queue:
+            return None
+        try:
+            work: Future[Comparison] = executor.submit(engine.compare, primary, other, rules)
+        except RuntimeError:  # shut down between the check above and now
+            return None
+        waiter = asyncio.wrap_future(work)
+        self._pending.add(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if work.cancelled() and self._closed and (task is None or not task.cancelling()):
+                return None  # dropped from the queue by close()
+            raise
+        except BrokenProcessPool:
+            if not self._closed:
+                self._replace_broken(executor)
+            return None
+        finally:
+            self._pending.discard(waiter)
+
+    def _replace_broken(self, broken: Executor) -> None:
+        """A worker died (killed, out of memory): its pool is unusable, start another."""
+        if self._executor is broken:
+            log.warning("compare_pool_broken", workers=self._diff.workers)
+            self._executor = _new_executor(self._diff.workers)
+            broken.shutdown(wait=False)
+
+    async def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Drop queued comparisons, give running ones ``grace`` seconds, then stop the
+        workers. Returns promptly even when a worker is stuck."""
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        processes: list[Any] = []
+        if isinstance(executor, ProcessPoolExecutor):
+            processes = list((executor._processes or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=grace)
+        if processes:
+            await asyncio.to_thread(_stop_processes, processes)
+
+
+def _stop_processes(processes: list[Any]) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(JOIN_TIMEOUT)

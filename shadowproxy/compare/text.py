@@ -1,0 +1,76 @@
+"""Text, XML and HTML bodies, compared line by line with a bounded unified-diff excerpt."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from shadowproxy.compare.collect import Collector
+from shadowproxy.compare.model import Kind, Where
+
+SUMMARY_CHARS = 120
+"""Characters of the first differing line kept in a difference's summary."""
+CONTEXT_LINES = 3
+DIFF_WINDOW_LINES = 400
+"""Lines per side handed to difflib, from the first difference on: difflib is quadratic
+at worst, and an excerpt only shows the first hunks anyway."""
+EXCERPT_MAX_LINES = 40
+EXCERPT_MAX_CHARS = 4000
+EXCERPT_LINE_CHARS = 200
+
+_HUNK = re.compile(r"^@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@")
+
+
+def _summary(lines: list[str], index: int) -> dict[str, Any]:
+    text = lines[index][:SUMMARY_CHARS] if index < len(lines) else None
+    return {"line": index + 1, "text": text, "lines": len(lines)}
+
+
+def _renumber(line: str, offset: int) -> str:
+    """difflib numbers the window from 1; the excerpt shows the document's line numbers."""
+    match = _HUNK.match(line)
+    if not match or not offset:
+        return line
+    a, a_len, b, b_len = match.groups()
+    start_a = int(a) + offset if int(a) or a_len != ",0" else offset
+    start_b = int(b) + offset if int(b) or b_len != ",0" else offset
+    return f"@@ -{start_a}{a_len or ''} +{start_b}{b_len or ''} @@" + line[match.end() :]
+
+
+def excerpt(lines_a: list[str], lines_b: list[str], first: int) -> str:
+    """A unified diff of the region around the first difference, bounded in lines and chars."""
+    low = max(0, first - CONTEXT_LINES)
+    window_a = lines_a[low : first + DIFF_WINDOW_LINES]
+    window_b = lines_b[low : first + DIFF_WINDOW_LINES]
+    diff = difflib.unified_diff(
+        window_a, window_b, "primary", "candidate", lineterm="", n=CONTEXT_LINES
+    )
+    kept: list[str] = []
+    size = 0
+    for count, line in enumerate(diff):
+        line = _renumber(line, low)
+        if len(line) > EXCERPT_LINE_CHARS:
+            line = line[:EXCERPT_LINE_CHARS] + "..."
+        if count >= EXCERPT_MAX_LINES or size + len(line) > EXCERPT_MAX_CHARS:
+            kept.append("... (excerpt cut)")
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join(kept)
+
+
+def compare_text(primary: str, candidate: str, out: Collector) -> str | None:
+    """One difference at path "" when any line differs; returns the excerpt, if any."""
+    if primary == candidate:
+        return None
+    lines_a, lines_b = primary.splitlines(), candidate.splitlines()
+    if lines_a == lines_b:
+        out.note("line_endings_differ")
+        return None
+    first = next(
+        (i for i, (a, b) in enumerate(zip(lines_a, lines_b, strict=False)) if a != b),
+        min(len(lines_a), len(lines_b)),
+    )
+    out.add(Where.BODY, "", Kind.CHANGED, _summary(lines_a, first), _summary(lines_b, first))
+    return excerpt(lines_a, lines_b, first)
