@@ -6,43 +6,17 @@ decode or to parse are compared in a simpler form, and a note says so.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-import orjson
-
 from shadowproxy.compare import decode, media
 from shadowproxy.compare.binary import compare_binary, compare_truncated
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.form import compare_form
 from shadowproxy.compare.headers import compare_headers
-from shadowproxy.compare.json_diff import diff_json
+from shadowproxy.compare.json_diff import NotJson, diff_json, parse_json
 from shadowproxy.compare.media import BodyKind
 from shadowproxy.compare.model import IDENTICAL, Comparison, Kind, Where
 from shadowproxy.compare.rules import CompiledRules
 from shadowproxy.compare.text import compare_text
 from shadowproxy.exchange import Response
-
-
-class NotJson(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    raise NotJson(f"{name} is not JSON")
-
-
-def parse_json(body: bytes) -> Any:
-    """orjson, and the standard library for what orjson refuses but JSON allows (integers
-    beyond 64 bits). Raises NotJson."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as error:
-        raise NotJson(str(error)) from None
 
 
 def decoded_body(
@@ -152,6 +126,6 @@ def compare(primary: Response, other: Response, rules: CompiledRules) -> Compari
     out = Collector(rules.max_differences)
     compare_head(primary, other, rules, out)
     body_kind, excerpt = compare_bodies(primary, other, rules, out)
-    if out.total == 0 and not out.notes and body_kind is BodyKind.EMPTY:
-        return IDENTICAL
+    if out.total == 0 and not out.notes:
+        return IDENTICAL  # as the fast path answers: a match with nothing to note
     return result(out, body_kind, excerpt)

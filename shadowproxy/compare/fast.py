@@ -7,12 +7,10 @@ detailed engine in a worker.
 
 from __future__ import annotations
 
-import orjson
-
 from shadowproxy.compare import decode, media
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.engine import compare_bodies, compare_head, content_type, result
-from shadowproxy.compare.json_diff import canonical_equal
+from shadowproxy.compare.json_diff import NotJson, canonical_equal, parse_json
 from shadowproxy.compare.media import BodyKind
 from shadowproxy.compare.model import IDENTICAL, Comparison
 from shadowproxy.compare.rules import CompiledRules
@@ -65,8 +63,8 @@ def _bodies_equal(primary: Response, candidate: Response) -> bool:
         and media.looks_like_json(body_c)
     ):
         try:
-            return canonical_equal(orjson.loads(body_p), orjson.loads(body_c))
-        except orjson.JSONDecodeError:
+            return canonical_equal(parse_json(body_p), parse_json(body_c))
+        except NotJson:
             return False
     return False
 

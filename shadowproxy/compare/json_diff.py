@@ -10,7 +10,9 @@ canonical serialisation confirms the few it cannot tell apart.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -27,6 +29,35 @@ _CANONICAL = orjson.OPT_SORT_KEYS
 
 PRUNE_MIN_SIZE = 4
 """Containers smaller than this are walked directly; the equality check would cost more."""
+
+
+# orjson reads integers beyond 64 bits as floats, so two different ids could compare equal;
+# such digit runs are rare, and the standard library parses them exactly.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+class NotJson(ValueError):
+    """The body does not parse as JSON."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise NotJson(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse with orjson, or exactly with the standard library where orjson would round.
+
+    Raises NotJson; NaN and Infinity are refused as JSON refuses them.
+    """
+    if not _LONG_NUMBER.search(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # e.g. 1e400: infinite as a double, valid JSON all the same
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise NotJson(str(error)) from None
 
 
 def canonical_equal(a: Any, b: Any) -> bool:

@@ -1,0 +1,208 @@
+"""Comparisons per second of the diff engine, on one core.
+
+Measures the whole path a mirrored response takes once both answers are in: the inline fast
+path, and the detailed engine when the fast path cannot settle it (run here in-process, as a
+worker would). DeepDiff on the 1 KB pair is measured for reference.
+
+    .venv/bin/python benchmarks/diff_bench.py            # full run, about a minute
+    .venv/bin/python benchmarks/diff_bench.py --quick    # smoke run, a few seconds
+    .venv/bin/python benchmarks/diff_bench.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shadowproxy.compare import Comparison, RuleBook, compare
+from shadowproxy.compare.fast import quick_compare
+from shadowproxy.config import DiffConfig
+from shadowproxy.exchange import Response
+
+SEED = 20240611
+HEADERS = (
+    ("Content-Type", "application/json; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Service", "orders"),
+)
+
+
+def _record(rng: random.Random, index: int) -> dict[str, Any]:
+    """An order as a typical JSON API returns it: about 1 KB serialised."""
+    return {
+        "id": index,
+        "uuid": f"{rng.getrandbits(128):032x}",
+        "status": rng.choice(["pending", "paid", "shipped", "delivered"]),
+        "created_at": f"2024-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T12:34:56Z",
+        "customer": {
+            "id": rng.randint(1, 10**6),
+            "name": rng.choice(["Ada Lovelace", "Alan Turing", "Grace Hopper"]),
+            "email": f"user{rng.randint(1, 10**6)}@example.com",
+            "vip": rng.random() < 0.1,
+            "address": {
+                "street": f"{rng.randint(1, 999)} Main Street",
+                "city": rng.choice(["Berlin", "Lisbon", "Oslo"]),
+                "zip": f"{rng.randint(10000, 99999)}",
+                "country": "DE",
+            },
+        },
+        "items": [
+            {
+                "sku": f"SKU-{rng.randint(1000, 9999)}",
+                "qty": rng.randint(1, 5),
+                "price": round(rng.uniform(1, 200), 2),
+                "tags": rng.sample(["red", "blue", "sale", "new", "eco"], 2),
+            }
+            for _ in range(3)
+        ],
+        "total": round(rng.uniform(10, 1000), 2),
+        "currency": "EUR",
+        "notes": None,
+        "flags": {"gift": False, "express": rng.random() < 0.3},
+    }
+
+
+def _document(target_bytes: int, rng: random.Random) -> Any:
+    if target_bytes <= 1500:
+        return _record(rng, 1)
+    records: list[dict[str, Any]] = []
+    size = 0
+    while size < target_bytes:
+        records.append(_record(rng, len(records) + 1))
+        size += len(orjson.dumps(records[-1]))
+    return {"data": records, "page": {"size": len(records), "next": None}}
+
+
+def _changed(doc: Any, rng: random.Random, changes: int) -> Any:
+    other = copy.deepcopy(doc)
+    if "data" not in other:
+        other["status"] = "refunded"
+        other["customer"]["address"]["zip"] = "00000"
+        return other
+    records = other["data"]
+    for n, index in enumerate(rng.sample(range(len(records)), changes)):
+        record = records[index]
+        match n % 4:
+            case 0:
+                record["total"] = round(record["total"] + 0.01, 2)
+            case 1:
+                record["customer"]["vip"] = not record["customer"]["vip"]
+            case 2:
+                record["items"][0]["qty"] = str(record["items"][0]["qty"])
+            case _:
+                record["flags"]["new_flag"] = True
+    return other
+
+
+def _response(doc: Any) -> Response:
+    body = orjson.dumps(doc)
+    return Response(status=200, headers=HEADERS, body=body, size=len(body), latency_ms=1.0)
+
+
+@dataclass
+class Row:
+    case: str
+    body_bytes: int
+    ops_per_s: float
+    ms_per_op: float
+    differences: int
+    target: str = ""
+    met: bool | None = None
+
+
+def _rate(run: Callable[[], object], seconds: float, max_ops: int) -> tuple[float, float]:
+    """(ops per second, ms per op) over at least ``seconds`` or ``max_ops`` runs."""
+    run()  # warm caches, not measured
+    ops = 0
+    start = time.perf_counter()
+    elapsed = 0.0
+    while elapsed < seconds and ops < max_ops:
+        run()
+        ops += 1
+        elapsed = time.perf_counter() - start
+    return ops / elapsed, elapsed / ops * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--json", metavar="OUT", type=Path, help="write results as JSON")
+    args = parser.parse_args(argv)
+    seconds = 0.3 if args.quick else 3.0
+
+    rng = random.Random(SEED)
+    rules = RuleBook.from_config(DiffConfig()).for_endpoint("GET /orders/{id}")
+
+    def full_path(primary: Response, candidate: Response) -> Comparison:
+        return quick_compare(primary, candidate, rules) or compare(primary, candidate, rules)
+
+    docs = {
+        "1 KB": _document(1000, rng),
+        "100 KB": _document(100_000, rng),
+        "5 MB": _document(5_000_000, rng),
+    }
+    changes = {"1 KB": 2, "100 KB": 10, "5 MB": 200}
+    targets: dict[str, tuple[str, Callable[[float, float], bool]]] = {
+        "identical 1 KB": (">= 50,000/s", lambda ops, ms: ops >= 50_000),
+        "2 changed 1 KB": (">= 5,000/s", lambda ops, ms: ops >= 5_000),
+        "200 changed 5 MB": ("< 1 s", lambda ops, ms: ms < 1000),
+    }
+    rows: list[Row] = []
+    for size, doc in docs.items():
+        primary = _response(doc)
+        same = _response(doc)
+        differing = _response(_changed(doc, rng, changes[size]))
+        for label, candidate in (
+            (f"identical {size}", same),
+            (f"{changes[size]} changed {size}", differing),
+        ):
+            result = full_path(primary, candidate)
+            max_ops = 3 if size == "5 MB" and args.quick else 1_000_000
+            ops, ms = _rate(partial(full_path, primary, candidate), seconds, max_ops)
+            target, check = targets.get(label, ("", lambda ops, ms: True))
+            rows.append(
+                Row(
+                    label,
+                    len(primary.body),
+                    ops,
+                    ms,
+                    result.total,
+                    target,
+                    check(ops, ms) if target else None,
+                )
+            )
+
+    from deepdiff import DeepDiff
+
+    a, b = docs["1 KB"], _changed(docs["1 KB"], rng, 2)
+    ops, ms = _rate(lambda: DeepDiff(a, b), seconds, 1_000_000)
+    rows.append(Row("deepdiff 2 changed 1 KB", len(orjson.dumps(a)), ops, ms, 2))
+
+    print(f"{'case':<28}{'body':>12}{'ops/s':>12}{'ms/op':>10}{'diffs':>7}  target")
+    for row in rows:
+        verdict = "" if row.met is None else (" ok" if row.met else " MISSED")
+        print(
+            f"{row.case:<28}{row.body_bytes:>12,}{row.ops_per_s:>12,.0f}{row.ms_per_op:>10.3f}"
+            f"{row.differences:>7}  {row.target}{verdict}"
+        )
+    if args.json:
+        args.json.write_text(
+            orjson.dumps([asdict(r) for r in rows], option=orjson.OPT_INDENT_2).decode()
+        )
+    return 0 if all(row.met is not False for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
