@@ -12,7 +12,9 @@ worker would). DeepDiff on the 1 KB pair is measured for reference.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
+import gc
 import random
 import sys
 import time
@@ -26,16 +28,29 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shadowproxy.compare import Comparison, RuleBook, compare
+from shadowproxy.compare import Comparer, Comparison, RuleBook
 from shadowproxy.compare.fast import quick_compare
+from shadowproxy.compare.pool import run_engine
 from shadowproxy.config import DiffConfig
 from shadowproxy.exchange import Response
 
 SEED = 20240611
 HEADERS = (
     ("Content-Type", "application/json; charset=utf-8"),
-    ("Cache-Control", "no-cache"),
+    ("Cache-Control", "no-cache, max-age=0"),
+    ("Vary", "Accept-Encoding"),
     ("X-Service", "orders"),
+    ("Server", "primary/1.0"),
+)
+# The candidate's headers differ where any two responses differ: date, server, request id.
+CANDIDATE_HEADERS = (
+    ("Date", "Tue, 11 Jun 2024 10:00:01 GMT"),
+    ("content-type", "application/json; charset=UTF-8"),
+    ("Cache-Control", "no-cache,max-age=0"),
+    ("Vary", "Accept-Encoding"),
+    ("X-Service", "orders"),
+    ("Server", "candidate/2.0"),
+    ("X-Request-Id", "4f1c2a"),
 )
 
 
@@ -67,15 +82,32 @@ def _record(rng: random.Random, index: int) -> dict[str, Any]:
             }
             for _ in range(3)
         ],
+        "shipping": {
+            "method": rng.choice(["standard", "express"]),
+            "tracking": f"TRK{rng.getrandbits(40):010X}",
+            "eta": f"2024-0{rng.randint(1, 9)}-2{rng.randint(0, 8)}",
+        },
+        "payment": {
+            "method": rng.choice(["card", "paypal", "invoice"]),
+            "last4": f"{rng.randint(0, 9999):04d}",
+            "captured": rng.random() < 0.9,
+        },
+        "history": [
+            {"at": f"2024-06-{day:02d}T08:00:00Z", "event": event}
+            for day, event in zip(range(1, 4), ["created", "paid", "packed"], strict=True)
+        ],
         "total": round(rng.uniform(10, 1000), 2),
         "currency": "EUR",
+        "channel": rng.choice(["web", "ios", "android"]),
+        "locale": rng.choice(["de-DE", "en-GB", "pt-PT"]),
+        "coupon": None,
         "notes": None,
         "flags": {"gift": False, "express": rng.random() < 0.3},
     }
 
 
 def _document(target_bytes: int, rng: random.Random) -> Any:
-    if target_bytes <= 1500:
+    if target_bytes <= 2000:
         return _record(rng, 1)
     records: list[dict[str, Any]] = []
     size = 0
@@ -106,9 +138,12 @@ def _changed(doc: Any, rng: random.Random, changes: int) -> Any:
     return other
 
 
-def _response(doc: Any) -> Response:
+def _response(doc: Any, headers: tuple[tuple[str, str], ...] = HEADERS) -> Response:
     body = orjson.dumps(doc)
-    return Response(status=200, headers=HEADERS, body=body, size=len(body), latency_ms=1.0)
+    return Response(status=200, headers=headers, body=body, size=len(body), latency_ms=1.0)
+
+
+POOL_IN_FLIGHT = 64
 
 
 @dataclass
@@ -135,10 +170,34 @@ def _rate(run: Callable[[], object], seconds: float, max_ops: int) -> tuple[floa
     return ops / elapsed, elapsed / ops * 1000
 
 
+async def _pool_rate(primary: Response, candidate: Response, count: int) -> tuple[float, float]:
+    """Throughput through `Comparer` with one worker process: the event loop's side of the
+    work (fast path, pickling, futures) and the worker's run on two processes, two cores."""
+    comparer = Comparer(DiffConfig(workers=1, max_queue=POOL_IN_FLIGHT))
+    await comparer.start()
+    slots = asyncio.Semaphore(POOL_IN_FLIGHT)
+
+    async def one() -> None:
+        async with slots:
+            result = await comparer.compare("GET /orders/{id}", primary, candidate)
+            assert result is not None
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        elapsed = time.perf_counter() - start
+    finally:
+        await comparer.close()
+    return count / elapsed, elapsed / count * 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--json", metavar="OUT", type=Path, help="write results as JSON")
+    parser.add_argument(
+        "--no-pool", action="store_true", help="skip the round trip through a worker process"
+    )
     args = parser.parse_args(argv)
     seconds = 0.3 if args.quick else 3.0
 
@@ -146,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     rules = RuleBook.from_config(DiffConfig()).for_endpoint("GET /orders/{id}")
 
     def full_path(primary: Response, candidate: Response) -> Comparison:
-        return quick_compare(primary, candidate, rules) or compare(primary, candidate, rules)
+        # The engine runs as in a worker process: run_engine, without the cyclic collector.
+        return quick_compare(primary, candidate, rules) or run_engine(primary, candidate, rules)
 
     docs = {
         "1 KB": _document(1000, rng),
@@ -159,11 +219,20 @@ def main(argv: list[str] | None = None) -> int:
         "2 changed 1 KB": (">= 5,000/s", lambda ops, ms: ops >= 5_000),
         "200 changed 5 MB": ("< 1 s", lambda ops, ms: ms < 1000),
     }
+    pairs = {
+        size: (
+            _response(doc),
+            _response(doc, CANDIDATE_HEADERS),
+            _response(_changed(doc, rng, changes[size]), CANDIDATE_HEADERS),
+        )
+        for size, doc in docs.items()
+    }
+    # A worker holds only the responses it compares; freezing the generated data keeps the
+    # collector from walking millions of objects a worker would not have.
+    gc.collect()
+    gc.freeze()
     rows: list[Row] = []
-    for size, doc in docs.items():
-        primary = _response(doc)
-        same = _response(doc)
-        differing = _response(_changed(doc, rng, changes[size]))
+    for size, (primary, same, differing) in pairs.items():
         for label, candidate in (
             (f"identical {size}", same),
             (f"{changes[size]} changed {size}", differing),
@@ -189,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     a, b = docs["1 KB"], _changed(docs["1 KB"], rng, 2)
     ops, ms = _rate(lambda: DeepDiff(a, b), seconds, 1_000_000)
     rows.append(Row("deepdiff 2 changed 1 KB", len(orjson.dumps(a)), ops, ms, 2))
+
+    if not args.no_pool:
+        primary, _, differing = pairs["100 KB"]
+        ops, ms = asyncio.run(_pool_rate(primary, differing, 200 if args.quick else 2000))
+        rows.append(Row("pool, 1 worker: 10 chg 100 KB", len(primary.body), ops, ms, 10))
 
     print(f"{'case':<28}{'body':>12}{'ops/s':>12}{'ms/op':>10}{'diffs':>7}  target")
     for row in rows:

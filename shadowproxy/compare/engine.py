@@ -10,7 +10,7 @@ from shadowproxy.compare import decode, media
 from shadowproxy.compare.binary import compare_binary, compare_truncated
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.form import compare_form
-from shadowproxy.compare.headers import compare_headers
+from shadowproxy.compare.headers import compare_headers, header_value
 from shadowproxy.compare.json_diff import NotJson, diff_json, parse_json
 from shadowproxy.compare.media import BodyKind
 from shadowproxy.compare.model import IDENTICAL, Comparison, Kind, Where
@@ -23,7 +23,7 @@ def decoded_body(
     response: Response, side: str, rules: CompiledRules, out: Collector
 ) -> bytes | None:
     """The body without its content-coding; None, with a note, when it cannot be decoded."""
-    applied = decode.codings(response.header("content-encoding"))
+    applied = decode.codings(header_value(response.headers, "content-encoding"))
     if not applied:
         return response.body
     try:
@@ -37,7 +37,9 @@ def decoded_body(
 
 def content_type(primary: Response, candidate: Response) -> str | None:
     """The primary's type rules; the candidate's is used only when the primary sent none."""
-    return primary.header("content-type") or candidate.header("content-type")
+    return header_value(primary.headers, "content-type") or header_value(
+        candidate.headers, "content-type"
+    )
 
 
 def _compare_json(primary: bytes, candidate: bytes, rules: CompiledRules, out: Collector) -> bool:

@@ -1,14 +1,11 @@
 """Header comparison: names case-insensitive, repeated headers as ordered lists of values.
 
-Values are compared exactly, except for headers whose values HTTP defines as
-case-insensitive tokens: for those, case and the spaces around ``,``, ``;`` and ``=`` do not
-count (``Cache-Control: no-cache, Max-Age=0`` equals ``cache-control: no-cache,max-age=0``).
+Values are compared without their surrounding whitespace, and exactly otherwise, except for
+headers whose values HTTP defines as case-insensitive tokens: for those, case and whitespace
+do not count (``Cache-Control: no-cache, Max-Age=0`` equals ``cache-control: no-cache,max-age=0``).
 """
 
 from __future__ import annotations
-
-import re
-from typing import Any
 
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.model import Kind, Where
@@ -42,29 +39,55 @@ CASE_INSENSITIVE_HEADERS = frozenset(
 )
 REDACTED = "[redacted]"
 
-_SEPARATOR_SPACE = re.compile(r"\s*([,;=])\s*")
+Values = str | list[str]
+"""One value, or the values of a repeated header in order."""
+
+
+def header_value(headers: Headers, lowered: str) -> str | None:
+    """The first value of a header; the length check spares lower() on most names."""
+    size = len(lowered)
+    for name, value in headers:
+        if len(name) == size and name.lower() == lowered:
+            return value
+    return None
 
 
 def _normal(name: str, value: str) -> str:
     if name in CASE_INSENSITIVE_HEADERS:
-        return _SEPARATOR_SPACE.sub(r"\1", value.strip()).lower()
+        return "".join(value.split()).lower()
     return value.strip()
 
 
-def _grouped(headers: Headers, ignore: frozenset[str]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
+def _same(name: str, a: Values, b: Values) -> bool:
+    if type(a) is str and type(b) is str:
+        return _normal(name, a) == _normal(name, b)
+    if type(a) is list and type(b) is list and len(a) == len(b):
+        return all(_normal(name, x) == _normal(name, y) for x, y in zip(a, b, strict=True))
+    return False
+
+
+def _grouped(headers: Headers, ignore: frozenset[str]) -> dict[str, Values]:
+    # Repeated headers are rare: a plain string per name avoids a list for every header.
+    grouped: dict[str, Values] = {}
     for name, value in headers:
-        lowered = name.lower()
-        if lowered not in ignore:
-            grouped.setdefault(lowered, []).append(value)
+        key = name.lower()
+        if key in ignore:
+            continue
+        seen = grouped.get(key)
+        if seen is None:
+            grouped[key] = value
+        elif type(seen) is list:
+            seen.append(value)
+        else:
+            grouped[key] = [seen, value]  # type: ignore[list-item]
     return grouped
 
 
-def _shown(name: str, values: list[str]) -> Any:
-    """One value as a string, repeated ones as a list; secrets never leave this module."""
-    if name in SECRET_HEADERS:
-        values = [REDACTED] * len(values)
-    return values[0] if len(values) == 1 else values
+def _shown(name: str, values: Values) -> Values:
+    """Secrets never leave this module."""
+    if name not in SECRET_HEADERS:
+        return values
+    return REDACTED if type(values) is str else [REDACTED] * len(values)
 
 
 def compare_headers(
@@ -80,10 +103,7 @@ def compare_headers(
         other = b.get(name)
         if other is None:
             out.add(Where.HEADER, name, Kind.REMOVED, _shown(name, values), None)
-        elif values != other and (
-            len(values) != len(other)
-            or any(_normal(name, x) != _normal(name, y) for x, y in zip(values, other, strict=True))
-        ):
+        elif values != other and not _same(name, values, other):
             out.add(Where.HEADER, name, Kind.CHANGED, _shown(name, values), _shown(name, other))
     for name, values in b.items():
         if name not in a:

