@@ -14,9 +14,23 @@ MAX_VALUE_BYTES = 1024
 """Larger objects and arrays are recorded as a summary with their size and type."""
 
 
+def loggable(text: str) -> str:
+    """``text`` without lone surrogates, which no UTF-8 log line can hold. They reach here
+    from ``\\ud800`` escapes the standard library parser accepts, and from header bytes
+    decoded with ``surrogateescape``."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def brief(value: Any) -> Any:
     """The value as recorded: itself when small, otherwise a bounded stand-in."""
     if type(value) is str:
+        value = loggable(value)
         if len(value) > MAX_VALUE_CHARS:
             return f"{value[:MAX_VALUE_CHARS]}... [{len(value) - MAX_VALUE_CHARS} more chars]"
         return value
@@ -24,11 +38,14 @@ def brief(value: Any) -> Any:
         try:
             size = len(orjson.dumps(value))
         except orjson.JSONEncodeError:
-            size = MAX_VALUE_BYTES + 1  # nested too deep for orjson: certainly not small
-        if size > MAX_VALUE_BYTES:
+            size = -1  # too deep, or holding lone surrogates: only a summary is safe to log
+        if size > MAX_VALUE_BYTES or size < 0:
             noun = "keys" if type(value) is dict else "items"
             kind = "object" if type(value) is dict else "array"
-            return {"summary": f"{kind} with {len(value)} {noun}", "bytes": size}
+            summary: dict[str, Any] = {"summary": f"{kind} with {len(value)} {noun}"}
+            if size > 0:
+                summary["bytes"] = size
+            return summary
     return value
 
 
@@ -50,7 +67,9 @@ class Collector:
     def add(self, where: Where, path: str, kind: Kind, primary: Any, candidate: Any) -> None:
         self.total += 1
         if len(self.differences) < self.limit:
-            self.differences.append(Difference(where, path, kind, brief(primary), brief(candidate)))
+            self.differences.append(
+                Difference(where, loggable(path), kind, brief(primary), brief(candidate))
+            )
 
     def note(self, note: str) -> None:
         if note not in self.notes:

@@ -11,7 +11,8 @@ from shadowproxy.compare.binary import compare_binary, compare_truncated
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.form import compare_form
 from shadowproxy.compare.headers import compare_headers, header_value
-from shadowproxy.compare.json_diff import NotJson, diff_json, parse_json
+from shadowproxy.compare.json_diff import diff_json
+from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.media import BodyKind
 from shadowproxy.compare.model import IDENTICAL, Comparison, Kind, Where
 from shadowproxy.compare.rules import CompiledRules

@@ -15,7 +15,8 @@ from shadowproxy.compare import decode, engine, media
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.engine import compare_bodies, compare_head, content_type, result
 from shadowproxy.compare.headers import header_value
-from shadowproxy.compare.json_diff import NotJson, canonical_equal, parse_json
+from shadowproxy.compare.json_diff import canonical_equal
+from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.media import BodyKind
 from shadowproxy.compare.model import IDENTICAL, Comparison
 from shadowproxy.compare.rules import CompiledRules

@@ -10,14 +10,13 @@ canonical serialisation confirms the few it cannot tell apart.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Hashable, Iterable
 from typing import Any
 
 import orjson
 
-from shadowproxy.compare.collect import Collector, brief
+from shadowproxy.compare.collect import Collector, brief, loggable
 from shadowproxy.compare.model import Difference, Kind, Where
 from shadowproxy.compare.paths import PathRule, State
 from shadowproxy.compare.pointer import Key, to_pointer
@@ -28,41 +27,6 @@ _CANONICAL = orjson.OPT_SORT_KEYS
 
 PRUNE_MIN_SIZE = 4
 """Containers smaller than this are walked directly; the equality check would cost more."""
-
-
-# orjson reads integers beyond 64 bits as floats, so two different ids could compare equal;
-# such digit runs are rare, and the standard library parses them exactly. Mapping every byte
-# to "digit or not" and searching for a run is ten times faster than a regular expression.
-_DIGIT_OR_NOT = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
-_LONG_DIGIT_RUN = b"0" * 19
-
-
-def _has_long_number(body: bytes) -> bool:
-    return _LONG_DIGIT_RUN in body.translate(_DIGIT_OR_NOT)
-
-
-class NotJson(ValueError):
-    """The body does not parse as JSON."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise NotJson(f"{name} is not JSON")
-
-
-def parse_json(body: bytes) -> Any:
-    """Parse with orjson, or exactly with the standard library where orjson would round.
-
-    Raises NotJson; NaN and Infinity are refused as JSON refuses them.
-    """
-    if not _has_long_number(body):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass  # e.g. 1e400: infinite as a double, valid JSON all the same
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
-        raise NotJson(str(error)) from None
 
 
 def canonical_equal(a: Any, b: Any) -> bool:
@@ -139,7 +103,11 @@ class _JsonDiff:
         if len(out.differences) < out.limit:
             out.differences.append(
                 Difference(
-                    Where.BODY, to_pointer(self._keys), kind, brief(primary), brief(candidate)
+                    Where.BODY,
+                    loggable(to_pointer(self._keys)),
+                    kind,
+                    brief(primary),
+                    brief(candidate),
                 )
             )
 

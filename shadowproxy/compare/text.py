@@ -33,8 +33,7 @@ def _renumber(line: str, offset: int) -> str:
     if not match or not offset:
         return line
     a, a_len, b, b_len = match.groups()
-    start_a = int(a) + offset if int(a) or a_len != ",0" else offset
-    start_b = int(b) + offset if int(b) or b_len != ",0" else offset
+    start_a, start_b = int(a) + offset, int(b) + offset
     return f"@@ -{start_a}{a_len or ''} +{start_b}{b_len or ''} @@" + line[match.end() :]
 
 

@@ -159,3 +159,12 @@ def test_empty_bodies() -> None:
 def test_to_dict_is_json_serialisable() -> None:
     result = diff({"a": 1, "b": [1]}, {"a": "1", "c": None})
     assert orjson.loads(orjson.dumps([d.to_dict() for d in result.differences]))
+
+
+def test_lone_surrogates_never_reach_the_record() -> None:
+    # orjson refuses the escape; the standard library parser accepts it.
+    a = response(b'{"k\\udc80": "\\ud800", "list": ["\\ud800"], "n": 1}')
+    b = response(b'{"k\\udc80": "x", "list": [1], "n": 2}')
+    result = compare(a, b, rules())
+    assert result.total == 3
+    assert orjson.dumps([d.to_dict() for d in result.differences])
