@@ -1,0 +1,150 @@
+"""Reading logs: files, globs, stdin, gzip and zstd, merged into one aggregator.
+
+Each line is decoded on its own with orjson; a line that is not a JSON object is counted as
+corrupted and skipped (the caller warns once), blank lines are ignored. Compression is told
+by the stream's first bytes, not the name, so a compressed stdin works too.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import sys
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Protocol, cast
+
+import orjson
+import zstandard
+
+from shadowproxy.report.aggregate import EXCHANGE_EVENT, Aggregator
+
+STDIN = "-"
+CHUNK_BYTES = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GLOB_CHARS = frozenset("*?[")
+
+RecordPredicate = Callable[[Mapping[str, Any]], bool]
+
+
+class ByteStream(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class ReportInputError(Exception):
+    """A log that cannot be read; the message names it and is meant for the operator."""
+
+
+def expand_sources(names: Sequence[str]) -> list[str]:
+    """Files as given, globs expanded (sorted), ``-`` for stdin; missing ones raise."""
+    sources: list[str] = []
+    for name in names:
+        if name == STDIN or os.path.exists(name):
+            sources.append(name)
+        elif _GLOB_CHARS & set(name):
+            matched = sorted(glob.glob(name, recursive=True))
+            if not matched:
+                raise ReportInputError(f"{name}: no file matches this pattern")
+            sources.extend(matched)
+        else:
+            raise ReportInputError(f"{name}: no such file")
+    if sources.count(STDIN) > 1:
+        raise ReportInputError("standard input (-) can be read only once")
+    return sources
+
+
+@contextmanager
+def open_source(name: str) -> Iterator[ByteStream]:
+    """A binary stream of the log's lines, decompressed when it starts like gzip or zstd."""
+    try:
+        raw: BinaryIO = sys.stdin.buffer if name == STDIN else open(name, "rb")  # noqa: SIM115
+    except OSError as error:
+        raise ReportInputError(f"{name}: cannot open: {error.strerror or error}") from None
+    try:
+        buffered = (
+            raw
+            if isinstance(raw, io.BufferedReader)
+            else io.BufferedReader(cast(io.RawIOBase, raw))
+        )
+        head = buffered.peek(4)[:4]
+        if head.startswith(GZIP_MAGIC):
+            yield gzip.GzipFile(fileobj=buffered, mode="rb")
+        elif head.startswith(ZSTD_MAGIC):
+            yield zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+        else:
+            yield buffered
+    finally:
+        if name != STDIN:
+            raw.close()
+
+
+def iter_lines(stream: ByteStream) -> Iterator[bytes]:
+    """Lines without their newline, read in large chunks (a final line may lack one)."""
+    rest = b""
+    while True:
+        chunk = stream.read(CHUNK_BYTES)
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def feed(
+    aggregator: Aggregator,
+    lines: Iterator[bytes],
+    record_filter: RecordPredicate | None = None,
+    source: str = "",
+) -> None:
+    """Decode, filter and add each line; bad lines are counted in ``aggregator.counts``."""
+    counts = aggregator.counts
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    add = aggregator.add
+    number = 0
+    for number, line in enumerate(lines, counts.lines + 1):
+        try:
+            record = loads(line)
+        except decode_error:
+            if not line.strip():
+                continue
+            record = None
+        if type(record) is not dict:
+            counts.corrupted += 1
+            if counts.first_corrupted is None:
+                counts.first_corrupted = f"{source or 'input'}, line {number - counts.lines}"
+            continue
+        if (
+            record_filter is not None
+            and record.get("event") == EXCHANGE_EVENT
+            and not record_filter(record)
+        ):
+            counts.filtered_out += 1
+            continue
+        add(record)
+    counts.lines = max(counts.lines, number)
+
+
+def read_logs(
+    names: Sequence[str],
+    record_filter: RecordPredicate | None = None,
+    aggregator: Aggregator | None = None,
+) -> Aggregator:
+    """Every record of every named log, merged; ReportInputError when one cannot be read."""
+    aggregator = aggregator or Aggregator()
+    for name in expand_sources(names):
+        label = "stdin" if name == STDIN else name
+        try:
+            with open_source(name) as stream:
+                feed(aggregator, iter_lines(stream), record_filter, label)
+        except ReportInputError:
+            raise
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as error:
+            raise ReportInputError(f"{label}: cannot read: {error}") from None
+    return aggregator

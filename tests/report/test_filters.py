@@ -1,0 +1,58 @@
+import pytest
+
+from shadowproxy.report.filters import RecordFilter, endpoint_matches
+from shadowproxy.report.synthetic import DEFAULT_START, exchange_record
+from shadowproxy.report.timestamps import format_ts, parse_ts, parse_when
+
+
+@pytest.mark.parametrize(
+    ("pattern", "endpoint", "expected"),
+    [
+        ("GET /users/{id}", "GET /users/{id}", True),
+        ("GET /users/{id}", "GET /users/{id}/orders", False),
+        ("GET /users/*", "GET /users/{id}", True),
+        ("GET /users/*", "GET /users/{id}/orders", True),  # a shell glob's * spans "/"
+        ("*orders*", "POST /orders", True),
+        ("/users/**", "DELETE /users/{id}/sessions", True),
+        ("GET,POST /orders", "POST /orders", True),
+        ("GET,POST /orders", "PUT /orders", False),
+        ("/users/{id}", "GET /users/{id}", True),
+        ("GET /products", "GET /users/{id}", False),
+    ],
+)
+def test_endpoint_patterns(pattern: str, endpoint: str, expected: bool) -> None:
+    assert endpoint_matches(pattern, endpoint) is expected
+
+
+def test_time_window_is_half_open() -> None:
+    keep = RecordFilter(since=DEFAULT_START, until=DEFAULT_START + 10)
+    assert keep(exchange_record(ts=DEFAULT_START))
+    assert keep(exchange_record(ts=DEFAULT_START + 9.999))
+    assert not keep(exchange_record(ts=DEFAULT_START + 10))
+    assert not keep(exchange_record(ts=DEFAULT_START - 0.001))
+    assert keep({"event": "exchange", "ts": "garbage"})  # for the aggregator to count invalid
+
+
+def test_parse_ts_forms() -> None:
+    assert parse_ts("2026-11-27T18:40:00Z") == DEFAULT_START
+    assert parse_ts("2026-11-27T18:40:00.250000Z") == DEFAULT_START + 0.25
+    assert parse_ts("2026-11-27T19:40:00+01:00") == DEFAULT_START
+    assert parse_ts("2026-11-27T18:40:00") == DEFAULT_START
+    assert parse_ts(format_ts(DEFAULT_START + 1.5, micros=True)) == DEFAULT_START + 1.5
+    with pytest.raises(ValueError, match="month"):
+        parse_ts("2026-13-27T18:40:00Z")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds_ago"),
+    [("30s", 30), ("15m", 900), ("1h", 3600), ("2d", 172_800), ("1w", 604_800), ("1.5h", 5400)],
+)
+def test_relative_times(text: str, seconds_ago: float) -> None:
+    assert parse_when(text, now=DEFAULT_START) == DEFAULT_START - seconds_ago
+
+
+def test_absolute_and_bad_times() -> None:
+    assert parse_when("2026-11-27T18:40:00Z") == DEFAULT_START
+    assert parse_when("2026-11-27") == DEFAULT_START - (18 * 3600 + 40 * 60)
+    with pytest.raises(ValueError, match="neither an ISO 8601 time"):
+        parse_when("last tuesday")

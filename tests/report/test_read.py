@@ -1,0 +1,98 @@
+import gzip
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+import pytest
+import zstandard
+
+from shadowproxy.report.filters import RecordFilter
+from shadowproxy.report.read import ReportInputError, expand_sources, iter_lines, read_logs
+from shadowproxy.report.synthetic import DEFAULT_START, exchange_record
+
+WriteLog = Callable[..., Path]
+
+
+def records(endpoint: str, count: int, start: float = DEFAULT_START) -> list[dict[str, object]]:
+    return [exchange_record(endpoint=endpoint, ts=start + i) for i in range(count)]
+
+
+def test_merges_plain_gzip_zstd_globs_and_stdin(
+    write_log: WriteLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = write_log("a.jsonl", records("GET /a", 3))
+    gz = write_log("b.jsonl.gz", records("GET /b", 4))
+    (tmp_path / "logs").mkdir()
+    for n in range(2):
+        write_log(f"logs/side{n}.jsonl", records("GET /c", 5))
+    zst = tmp_path / "d.log.zst"
+    payload = b"".join(orjson.dumps(r) + b"\n" for r in records("GET /d", 2))
+    zst.write_bytes(zstandard.ZstdCompressor().compress(payload))
+    stdin_data = gzip.compress(payload.replace(b"GET /d", b"GET /e"))
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(stdin_data)))
+
+    aggregator = read_logs([str(plain), str(gz), str(tmp_path / "logs" / "*.jsonl"), str(zst), "-"])
+
+    counted = {name: stats.compared for name, stats in aggregator.endpoints.items()}
+    assert counted == {"GET /a": 3, "GET /b": 4, "GET /c": 10, "GET /d": 2, "GET /e": 2}
+    assert aggregator.counts.lines == 3 + 4 + 10 + 2 + 2
+
+
+def test_corrupted_lines_are_counted_and_skipped(write_log: WriteLog) -> None:
+    log = write_log(
+        "mixed.jsonl",
+        records("GET /a", 2),
+        extra_lines=[b"not json\n", b"\n", b"   \n", b"[1, 2]\n", b'"text"\n', b'{"event": "exch'],
+    )
+    aggregator = read_logs([str(log)])
+    assert aggregator.endpoints["GET /a"].compared == 2
+    assert aggregator.counts.corrupted == 4  # the blank lines are not corrupt
+    assert aggregator.counts.first_corrupted == f"{log}, line 3"
+
+
+def test_line_numbers_continue_across_files(write_log: WriteLog) -> None:
+    first = write_log("1.jsonl", records("GET /a", 2))
+    second = write_log("2.jsonl", records("GET /a", 1), extra_lines=[b"{oops\n"])
+    aggregator = read_logs([str(first), str(second)])
+    assert aggregator.counts.first_corrupted == f"{second}, line 2"
+
+
+def test_filters_apply_to_exchanges_only(write_log: WriteLog) -> None:
+    log = write_log(
+        "f.jsonl",
+        [*records("GET /a", 10), *records("POST /b", 10), {"event": "config_reloaded"}],
+    )
+    keep = RecordFilter(since=DEFAULT_START + 2, until=DEFAULT_START + 7, endpoints=["GET /*"])
+    aggregator = read_logs([str(log)], keep)
+    assert {n: s.compared for n, s in aggregator.endpoints.items()} == {"GET /a": 5}
+    assert aggregator.counts.filtered_out == 15
+    assert aggregator.counts.other_events == 1
+
+
+def test_chunk_boundaries_do_not_split_records() -> None:
+    data = b"".join(b'{"n": %d}\n' % i for i in range(100_000)) + b'{"n": "last"}'
+    lines = list(iter_lines(io.BytesIO(data)))
+    assert len(lines) == 100_001
+    assert lines[-1] == b'{"n": "last"}'
+    assert lines[54_321] == b'{"n": 54321}'
+
+
+def test_missing_file_and_empty_glob_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ReportInputError, match="no such file"):
+        expand_sources([str(tmp_path / "missing.jsonl")])
+    with pytest.raises(ReportInputError, match="no file matches"):
+        expand_sources([str(tmp_path / "*.jsonl")])
+    with pytest.raises(ReportInputError, match="only once"):
+        expand_sources(["-", "-"])
+
+
+def test_unreadable_inputs_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ReportInputError, match="cannot open"):
+        read_logs([str(tmp_path)])  # a directory
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"event": "x"}\n' * 1000)[:-20])
+    with pytest.raises(ReportInputError, match="cannot read"):
+        read_logs([str(broken)])
