@@ -117,9 +117,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "0 pass, 1 fail, 2 not enough data or unreadable input.",
     )
     _add_input_options(verdict)
-    verdict.add_argument("--max-mismatch-rate", type=_fraction, metavar="RATE")
-    verdict.add_argument("--max-error-rate", type=_fraction, metavar="RATE")
-    verdict.add_argument("--max-p99-latency-ratio", type=_positive_float, metavar="RATIO")
+    verdict.add_argument(
+        "--max-mismatch-rate",
+        type=_fraction,
+        metavar="RATE",
+        help="highest share of mismatching exchanges, e.g. 0.001",
+    )
+    verdict.add_argument(
+        "--max-error-rate",
+        type=_fraction,
+        metavar="RATE",
+        help="highest share of exchanges the candidate failed (timeout, refused, ...)",
+    )
+    verdict.add_argument(
+        "--max-p99-latency-ratio",
+        type=_positive_float,
+        metavar="RATIO",
+        help="highest candidate p99 latency over primary p99 latency, e.g. 1.2",
+    )
     verdict.add_argument(
         "--min-samples",
         type=_count,

@@ -23,9 +23,14 @@ EXAMPLE_VALUE_CHARS = 40
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def printable(text: str) -> str:
+    """Untrusted text with its control characters shown as escapes (``\\x1b``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def safe(text: str) -> Text:
     """Untrusted text for display: no markup, control characters shown as escapes."""
-    return Text(_CONTROL.sub(lambda m: repr(m.group())[1:-1], text))
+    return Text(printable(text))
 
 
 def percent(rate: float | None) -> str:

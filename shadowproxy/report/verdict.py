@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import orjson
 
 from shadowproxy.report.summary import EndpointReport, Summary
+from shadowproxy.report.terminal import printable
 
 SCHEMA = "shadowproxy.verdict/1"
 EXIT_PASS, EXIT_FAIL, EXIT_INSUFFICIENT = 0, 1, 2
@@ -140,7 +141,7 @@ def _measured(check: Check) -> str:
 
 
 def _scope_lines(scope: ScopeVerdict, bars: Bars) -> list[str]:
-    title = f"{scope.endpoint}  ({scope.compared:,} exchanges)"
+    title = f"{printable(scope.endpoint)}  ({scope.compared:,} exchanges)"
     if scope.status in (Status.SKIPPED, Status.INSUFFICIENT_DATA):
         word = "SKIPPED" if scope.status is Status.SKIPPED else "INSUFFICIENT DATA"
         return [f"{title}  {word}: fewer than {bars.min_samples:,} exchanges"]

@@ -113,3 +113,10 @@ def test_text_and_json_output() -> None:
         "measured": 0.005,
         "status": "pass",
     }
+
+
+def test_text_output_shows_control_characters_escaped() -> None:
+    verdict = evaluate(summary_of((10, {"endpoint": "GET /\x1b[2Jx"})), Bars(max_error_rate=0.1))
+    text = render_text(verdict)
+    assert "\x1b" not in text
+    assert "GET /\\x1b[2Jx" in text
