@@ -1,0 +1,46 @@
+# shadowproxy in a container.
+#
+#   docker build -t shadowproxy .
+#   docker run --rm -p 8080:8080 \
+#       -v "$PWD/config/minimal.yaml:/etc/shadowproxy/config.yaml:ro" shadowproxy
+#
+# The config is mounted, not built in; config/minimal.yaml and config/example.yaml are starting
+# points. The discrepancy log goes to standard output unless log.path names a file: point it
+# into /var/lib/shadowproxy and mount a volume there to keep it.
+
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    SHADOWPROXY_CONFIG=/etc/shadowproxy/config.yaml
+
+# The package with the `speed` extra (uvloop). The sources are only needed to build it.
+COPY pyproject.toml README.md /tmp/shadowproxy/
+COPY shadowproxy /tmp/shadowproxy/shadowproxy
+RUN pip install --no-cache-dir "/tmp/shadowproxy[speed]" \
+    && rm -rf /tmp/shadowproxy
+
+# An unprivileged user, owning only the directory a log file may be written to.
+RUN useradd --system --user-group --uid 10001 --no-create-home \
+        --home-dir /var/lib/shadowproxy --shell /usr/sbin/nologin shadowproxy \
+    && mkdir -p /etc/shadowproxy /var/lib/shadowproxy \
+    && chown shadowproxy:shadowproxy /var/lib/shadowproxy
+USER shadowproxy
+WORKDIR /var/lib/shadowproxy
+
+# The proxy listener and the admin listener of the default config. The admin listener binds
+# loopback unless the config says otherwise (admin: 0.0.0.0:9901 to scrape /metrics from
+# outside the container).
+EXPOSE 8080 9901
+
+# GET /healthz on the admin listener from inside the container (slim images have no curl). The
+# port is read from the config; 127.0.0.1 reaches an admin listener on loopback or 0.0.0.0.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request, yaml; c = yaml.safe_load(open(os.environ['SHADOWPROXY_CONFIG'])) or {}; port = str(c.get('admin', '127.0.0.1:9901')).rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+
+# Exec form: the proxy is PID 1 and gets the SIGTERM of `docker stop` itself, so it drains
+# requests under way, flushes the log and exits. Give it time: shutdown_timeout (15 s by
+# default) plus mirror.shutdown_grace, e.g. `docker stop -t 20`.
+CMD ["shadowproxy", "run", "--config", "/etc/shadowproxy/config.yaml"]
