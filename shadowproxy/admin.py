@@ -1,16 +1,35 @@
-"""The admin listener: health, readiness, metrics and the active config, on loopback by default."""
+"""The admin listener: health, readiness, metrics, the active config and the live report.
+
+It binds loopback by default. Bound elsewhere, the endpoints that reveal traffic or config
+(``/config``, ``/report``) require ``Authorization: Bearer <admin_token>``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from shadowproxy.config import Config
-from shadowproxy.metrics import Metrics
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# How long /readyz waits for a TCP connection to the primary.
+READY_PROBE_TIMEOUT = 1.0
+REPORT_REFRESH_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class LiveReport:
+    """Renders the live report from the running proxy's bounded aggregates."""
+
+    html: Callable[[int | None], str]
+    json: Callable[[], bytes]
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -21,29 +40,59 @@ def _json(data: object, status: int = 200) -> web.Response:
     )
 
 
+async def primary_reachable(config: Config) -> bool:
+    url = URL(config.primary.url)
+    try:
+        async with asyncio.timeout(READY_PROBE_TIMEOUT):
+            _, writer = await asyncio.open_connection(url.host, url.port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _authorised(request: web.Request, config: Config) -> web.Response | None:
+    """None when the request may see sensitive endpoints, else the refusal to send."""
+    if config.admin.is_loopback:
+        return None
+    token = config.effective_admin_token()
+    if token is None:
+        return _json({"error": "forbidden", "detail": "set admin_token to enable"}, 403)
+    sent = request.headers.get("Authorization", "")
+    if hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        return None
+    response = _json({"error": "unauthorized"}, 401)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="shadowproxy"'
+    return response
+
+
 def build_admin_app(
     *,
     config: Callable[[], Config],
-    metrics: Metrics,
-    ready: Callable[[], Awaitable[bool]],
+    metrics: Callable[[], bytes],
+    report: LiveReport | None = None,
 ) -> web.Application:
-    """``config`` and ``ready`` are read per request, so reloads show at once."""
+    """``config`` and ``metrics`` are read per request, so reloads and new counts show at once."""
 
     async def healthz(_: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if await ready():
+        if await primary_reachable(config()):
             return _json({"status": "ready"})
         return _json({"status": "not ready", "reason": "primary unreachable"}, status=503)
 
     async def metrics_endpoint(_: web.Request) -> web.Response:
-        response = web.Response(body=metrics.render())
+        response = web.Response(body=metrics())
         response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
         return response
 
-    async def config_endpoint(_: web.Request) -> web.Response:
+    async def config_endpoint(request: web.Request) -> web.Response:
         active = config()
+        if refusal := _authorised(request, active):
+            return refusal
         return _json({"digest": active.digest(), "config": active.redacted()})
 
     app = web.Application()
@@ -51,4 +100,19 @@ def build_admin_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/config", config_endpoint)
+    if report is not None:
+        live = report
+
+        async def report_html(request: web.Request) -> web.Response:
+            if refusal := _authorised(request, config()):
+                return refusal
+            return web.Response(text=live.html(REPORT_REFRESH_SECONDS), content_type="text/html")
+
+        async def report_json(request: web.Request) -> web.Response:
+            if refusal := _authorised(request, config()):
+                return refusal
+            return web.Response(body=live.json(), content_type="application/json")
+
+        app.router.add_get("/report", report_html)
+        app.router.add_get("/report.json", report_json)
     return app

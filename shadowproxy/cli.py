@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from shadowproxy.config import ENV_CONFIG, Config, ConfigError, load_config
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _config_path(args: argparse.Namespace) -> str | None:
@@ -33,19 +35,44 @@ def _load(path: str | None) -> Config | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shadowproxy.server import serve
-
     path = _config_path(args)
     config = _load(path)
-    if config is None:
+    if config is None or path is None:
+        return EXIT_USAGE
+    workers = args.workers or os.cpu_count() or 1
+    if workers < 1:
+        print("shadowproxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     oplog.configure()
     _install_uvloop()
     try:
-        asyncio.run(serve(config, Path(path) if path else None))
+        if workers > 1 and args.worker_index is None:
+            return _run_supervisor(config, Path(path), workers)
+        from shadowproxy.server import serve
+
+        asyncio.run(
+            serve(
+                config,
+                Path(path),
+                worker=args.worker_index,
+                listen_port=args.listen_port,
+                ready_fd=args.ready_fd,
+            )
+        )
     except OSError as error:  # the port is taken, the log file cannot be opened, ...
         print(f"shadowproxy: cannot start: {error}", file=sys.stderr)
         return 1
+    return EXIT_OK
+
+
+def _run_supervisor(config: Config, path: Path, workers: int) -> int:
+    # Worker processes share metrics through files; prometheus-client reads this variable
+    # when it is first imported, so it is set before anything imports it.
+    metrics_dir = Path(tempfile.mkdtemp(prefix="shadowproxy-metrics-"))
+    os.environ[PROMETHEUS_MULTIPROC_DIR] = str(metrics_dir)
+    from shadowproxy.workers import run_supervisor
+
+    run_supervisor(config, path, workers, metrics_dir)
     return EXIT_OK
 
 
@@ -76,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the proxy")
     run.add_argument("--config", "-c", help=f"config file (default: ${ENV_CONFIG})")
+    run.add_argument(
+        "--workers", "-w", type=int, default=None,
+        help="worker processes sharing the port (default: one per core)",
+    )  # fmt: skip
+    # Set by the supervisor for its workers; not for people.
+    run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--listen-port", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")

@@ -22,11 +22,15 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from shadowproxy.endpoints import EndpointPattern
+
 ENV_CONFIG = "SHADOWPROXY_CONFIG"
+ENV_ADMIN_TOKEN = "SHADOWPROXY_ADMIN_TOKEN"
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -173,15 +177,78 @@ class CandidateBackend(Backend):
 # --- mirroring ------------------------------------------------------------------------------
 
 
+STICKY_KEY_FORMS = '"header:NAME", "cookie:NAME", "query:NAME" or "client_ip"'
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""RFC 9110 token: the characters of a header or cookie name."""
+
+
+def _sticky_key(value: str) -> str:
+    text = value.strip()
+    kind, sep, name = text.partition(":")
+    if text == "client_ip":
+        return text
+    if not sep or kind not in ("header", "cookie", "query") or not name.strip():
+        raise ValueError(f"must be {STICKY_KEY_FORMS}, not {value!r}")
+    name = name.strip()
+    if kind != "query" and not _TOKEN.fullmatch(name):
+        raise ValueError(f'"{name}" is not a valid {kind} name')
+    return f"{kind}:{name}"
+
+
+class BreakerConfig(Model):
+    """Pauses mirroring after a run of candidate errors, so a candidate that is down is left
+    alone instead of being sent every sampled request."""
+
+    failures: Count = 5
+    """Consecutive candidate errors that open the breaker: no usable answer (refused, reset,
+    timeout, invalid HTTP) or a 502, 503 or 504."""
+    pause: Seconds = 30.0
+    """Seconds mirroring stays paused. Then one probe request is mirrored: success closes the
+    breaker, failure pauses again."""
+
+
 class MirrorConfig(Model):
     sample_rate: Fraction = 1.0
     methods: Methods = Field(default_factory=lambda: list(SAFE_METHODS))
-    """Unsafe methods are mirrored only when listed here explicitly."""
+    """Unsafe methods are mirrored only when listed here explicitly (or per route, by a rule
+    with ``allow_unsafe``)."""
     max_in_flight: Count = 100
     max_body_bytes: Bytes = 8 * MIB
     """Requests with larger bodies are proxied but not mirrored."""
     shutdown_grace: Annotated[float, Field(ge=0)] = 2.0
     """Seconds pending mirrors may still finish after the listener closes."""
+    rules: list[MirrorRule] = Field(default_factory=list)
+    """Per-route overrides, in order: the first rule whose ``match`` and ``when`` fit a request
+    decides for it; requests no rule fits follow the settings above."""
+    sticky_key: Annotated[str, AfterValidator(_sticky_key)] | None = None
+    """Makes sampling stable per client: ``header:NAME``, ``cookie:NAME``, ``query:NAME`` or
+    ``client_ip`` (the TCP peer's address). A request is mirrored when a hash of the key's value
+    falls below the rate, so the same client is always in or out, in every worker and after
+    restarts, and raising the rate keeps everyone who was in. Requests without the key (or with
+    an empty value) are sampled at random at the same rate. Unset: every request is sampled at
+    random."""
+    max_rps: Annotated[float, AfterValidator(_positive)] | None = None
+    """Mirrors sent to the candidate per second at most, with bursts of up to one second's
+    worth; over it, requests are not mirrored (counted as ``rate_limit``). The limit is kept per
+    process: with N worker processes each one allows ``max_rps / N``. Unset: no limit."""
+    breaker: BreakerConfig | None = None
+    """The candidate's circuit breaker; unset: mirroring never pauses on candidate errors."""
+
+    @model_validator(mode="after")
+    def _rules_can_mirror(self) -> MirrorConfig:
+        allowed = set(self.methods)
+        for index, rule in enumerate(self.rules):
+            if not rule.mirror or rule.allow_unsafe:
+                continue
+            methods = EndpointPattern.parse(rule.match).methods
+            if methods is not None and not methods & allowed:
+                names = ", ".join(sorted(methods))
+                raise ValueError(
+                    f"mirror.rules[{index}].match: {names} is not in mirror.methods, so this "
+                    "rule would never mirror; set allow_unsafe: true on the rule to mirror it "
+                    "on this route"
+                )
+        return self
 
 
 # --- comparison -----------------------------------------------------------------------------
@@ -260,6 +327,172 @@ class DiffConfig(Model):
     """Comparisons waiting for a worker; when full, new ones are skipped and counted."""
 
 
+# --- mirror rules ---------------------------------------------------------------------------
+
+# Headers a rule may not change on the candidate's copy: they frame the message or belong to
+# one connection (changing them would corrupt the request), or mark it as dark traffic.
+PROTECTED_HEADERS = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "x-shadow-request",
+    }
+)
+
+
+def _header_name(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f'"{value}" is not a valid header name')
+    return value
+
+
+def _text(value: Any) -> Any:
+    """YAML reads ``version: 2`` as a number; a header or query value is text."""
+    if isinstance(value, bool):
+        raise ValueError("must be text: quote true, false, yes, no, on and off in YAML")
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _single_line(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("must not contain line breaks or NUL")
+    return value
+
+
+def _one_or_many(value: Any) -> Any:
+    return value if isinstance(value, list | tuple) else [value]
+
+
+def _not_empty(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("must name at least one accepted value")
+    return value
+
+
+def _query_name(value: str) -> str:
+    if not value:
+        raise ValueError("a query parameter name must not be empty")
+    return value
+
+
+def _path_prefix(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f'path prefix "{value}" must start with "/"')
+    if any(c in value for c in "?# \t\r\n"):
+        raise ValueError(f'path prefix "{value}" must be a path only (no query, no spaces)')
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+Text = Annotated[str, BeforeValidator(_text), AfterValidator(_single_line)]
+Accepted = Annotated[list[Text], BeforeValidator(_one_or_many), AfterValidator(_not_empty)]
+QueryName = Annotated[str, AfterValidator(_query_name)]
+PathPrefix = Annotated[str, AfterValidator(_path_prefix)]
+
+
+class RuleConditions(Model):
+    """Further conditions of a rule, all of which must hold. Each names a value or a list of
+    accepted values, compared exactly (header names are case-insensitive, values are not)."""
+
+    header: dict[HeaderName, Accepted] = Field(default_factory=dict)
+    """Request header → accepted values; a header sent several times matches when any of its
+    values is accepted."""
+    query: dict[QueryName, Accepted] = Field(default_factory=dict)
+    """Query parameter → accepted values, compared percent-decoded."""
+
+
+class HeaderChanges(Model):
+    """Changes to the headers of the candidate's copy only; the primary's request is untouched.
+    Applied in the order remove, set, add."""
+
+    set: dict[HeaderName, Text] = Field(default_factory=dict)
+    """Replace every value of the header with this one (or add it when absent)."""
+    add: dict[HeaderName, Text] = Field(default_factory=dict)
+    """Add a value, keeping any the request already has."""
+    remove: list[HeaderName] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_protected(self) -> HeaderChanges:
+        for name in [*self.set, *self.add, *self.remove]:
+            if name.lower() in PROTECTED_HEADERS:
+                raise ValueError(
+                    f'cannot change "{name}": it frames the request, belongs to one connection '
+                    "or marks the copy as dark traffic"
+                )
+        return self
+
+
+class RewritePrefix(Model):
+    """Replace a leading path prefix on the candidate's copy (``/v1/users`` → ``/v2/users``).
+
+    The prefix matches whole segments (``/v1`` matches ``/v1`` and ``/v1/x``, not ``/v10``) and
+    is compared with the raw, still percent-encoded path; the query is kept."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
+    from_: PathPrefix = Field(alias="from")
+    to: PathPrefix
+
+
+class MirrorRule(Model):
+    """One entry of ``mirror.rules``."""
+
+    match: str
+    """An endpoint pattern: ``GET /users/{id}``, ``GET,POST /api/**``, ``/static/*`` (any
+    method), matched against the client's path without its query."""
+    when: RuleConditions | None = None
+    mirror: bool = True
+    """``false``: requests this rule matches are never mirrored."""
+    sample_rate: Fraction | None = None
+    """The rate for this route; unset: ``mirror.sample_rate``. Sticky like the global one."""
+    allow_unsafe: bool = False
+    """Mirror this rule's methods even where ``mirror.methods`` leaves them out (POST to the
+    candidate, for a route that is safe to write to). The rule must name its methods."""
+    rewrite_prefix: RewritePrefix | None = None
+    headers: HeaderChanges | None = None
+    diff: DiffRules | None = None
+    """Comparison overrides for the endpoints this rule matches. They become an entry of
+    ``diff.endpoints`` (before the ones written there) and so apply to every compared request
+    whose endpoint matches, whichever mirror rule admitted it."""
+
+    @field_validator("match")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        pattern = EndpointPattern.parse(value)
+        unknown = sorted((pattern.methods or frozenset()) - KNOWN_METHODS)
+        if unknown:
+            raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
+        return pattern.source
+
+    @field_validator("allow_unsafe")
+    @classmethod
+    def _named_methods(cls, value: bool, info: ValidationInfo) -> bool:
+        match = info.data.get("match")
+        if value and match is not None and EndpointPattern.parse(match).methods is None:
+            raise ValueError(
+                f'the match must name its methods (e.g. "POST {match}"), so unsafe methods '
+                "are never mirrored by accident"
+            )
+        return value
+
+    @field_validator("diff")
+    @classmethod
+    def _no_conditions(cls, value: DiffRules | None, info: ValidationInfo) -> DiffRules | None:
+        if value is not None and info.data.get("when") is not None:
+            raise ValueError(
+                "cannot be combined with when: comparison rules apply per endpoint; put them "
+                "in a rule without when, or in diff.endpoints"
+            )
+        return value
+
+
 # --- the log --------------------------------------------------------------------------------
 
 
@@ -274,6 +507,12 @@ class LogConfig(Model):
 # --- the whole file -------------------------------------------------------------------------
 
 
+class ReloadConfig(Model):
+    watch: bool = True
+    """Reload when the config file changes, besides on SIGHUP."""
+    poll_interval: Annotated[float, Field(gt=0)] = 2.0
+
+
 class Config(Model):
     listen: Address = Field(default_factory=lambda: HostPort(host="0.0.0.0", port=8080))
     admin: Address = Field(default_factory=lambda: HostPort(host="127.0.0.1", port=9901))
@@ -286,6 +525,13 @@ class Config(Model):
     """Requests with larger bodies get 413 before anything reaches the primary; unset: no cap."""
     shutdown_timeout: Seconds = 15.0
     """On SIGTERM, client requests under way get this long to finish."""
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)
+    admin_token: str | None = None
+    """Bearer token for /config and /report when the admin listener is not on loopback (without
+    one they answer 403 there); ``SHADOWPROXY_ADMIN_TOKEN`` in the environment takes precedence."""
+
+    def effective_admin_token(self) -> str | None:
+        return os.environ.get(ENV_ADMIN_TOKEN) or self.admin_token
 
     @model_validator(mode="after")
     def _distinct_backends(self) -> Config:
@@ -298,12 +544,27 @@ class Config(Model):
         dumped = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(dumped).hexdigest()[:16]
 
+    def effective_diff(self) -> DiffConfig:
+        """The comparison rules to run: ``diff``, with one ``diff.endpoints`` entry per mirror
+        rule that sets ``diff`` (its ``match`` and its overrides), placed before the entries
+        written in ``diff.endpoints``. Pass this, not ``diff``, to the comparison engine."""
+        from_rules = [
+            EndpointDiffRules(match=rule.match, **dict(rule.diff))
+            for rule in self.mirror.rules
+            if rule.diff is not None
+        ]
+        if not from_rules:
+            return self.diff
+        return self.diff.model_copy(update={"endpoints": [*from_rules, *self.diff.endpoints]})
+
     def redacted(self) -> dict[str, Any]:
         """The active config as served by the admin listener: URLs stripped of credentials."""
         data = self.model_dump(mode="json")
+        if data.get("admin_token"):
+            data["admin_token"] = "[redacted]"
         for name in ("primary", "candidate", "secondary"):
             backend = data.get(name)
-            if isinstance(backend, dict):
+            if isinstance(backend, dict) and isinstance(backend.get("url"), str):
                 backend["url"] = re.sub(r"//[^/@]*@", "//[redacted]@", backend["url"])
         return data
 
@@ -316,8 +577,12 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item.startswith(("function-", "tagged-union")) or item in ("str", "list", "dict"):
+        elif item.startswith(("function-", "tagged-union")) or item in (
+            "str", "list", "dict", "[key]",
+        ):  # fmt: skip
             continue  # validator-internal names say nothing to an operator
+        elif item == "":
+            parts.append('[""]')  # an empty mapping key
         else:
             parts.append(("." if parts else "") + item)
     return "".join(parts) or "(top level)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
 
 # Endpoint labels are folded already; this cap keeps a path explosion from exhausting memory.
@@ -44,7 +44,15 @@ class Metrics:
             "shadowproxy_backend_latency_seconds", "Latency to the last body byte.", ["backend"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.in_flight = Gauge("shadowproxy_mirrors_in_flight", "Mirrors under way.", registry=r)
+        self.in_flight = Gauge(
+            "shadowproxy_mirrors_in_flight", "Mirrors under way.", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.breaker_open = Gauge(
+            "shadowproxy_breaker_open",
+            "1 while the circuit breaker pauses mirroring to the candidate, else 0.",
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.log_lost = Counter(
             "shadowproxy_log_records_lost", "Records the log could not write.", registry=r
         )
@@ -63,3 +71,14 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def render_all_workers() -> bytes:
+    """Metrics summed over every worker process, read from the shared multiprocess directory.
+
+    Worker processes write their values there once ``PROMETHEUS_MULTIPROC_DIR`` is set before
+    prometheus-client is imported; the supervisor serves the sum.
+    """
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -5,14 +5,12 @@ and graceful shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import signal
 import socket
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from yarl import URL
 
 from shadowproxy import oplog
 from shadowproxy.admin import build_admin_app
@@ -25,10 +23,10 @@ from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher
 from shadowproxy.record import LogWriter, build_record, outcome_of
 from shadowproxy.upstream import make_session
+from shadowproxy.watch import FileWatcher
 
-# How long /readyz waits for a TCP connection to the primary.
-READY_PROBE_TIMEOUT = 1.0
 LISTEN_BACKLOG = 1024
+ORPHAN_CHECK_INTERVAL = 1.0
 
 
 def bind(address: HostPort, *, reuse_port: bool = False) -> socket.socket:
@@ -53,14 +51,19 @@ class Proxy:
         config_path: Path | None = None,
         proxy_socket: socket.socket | None = None,
         admin_socket: socket.socket | None = None,
+        serve_admin: bool = True,
+        worker: int | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self._proxy_socket = proxy_socket
         self._admin_socket = admin_socket
+        self._serve_admin = serve_admin
+        self.worker = worker
         self.metrics = Metrics()
-        self.log = oplog.get()
+        self.log = oplog.get(worker=worker) if worker is not None else oplog.get()
         self._runners: list[web.BaseRunner] = []
+        self._watcher: FileWatcher | None = None
         self.proxy_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
@@ -93,23 +96,31 @@ class Proxy:
         await web.SockSite(proxy_runner, proxy_sock, backlog=LISTEN_BACKLOG).start()
         self.proxy_address = proxy_sock.getsockname()[:2]
 
-        admin_app = build_admin_app(
-            config=lambda: self.config, metrics=self.metrics, ready=self._primary_reachable
-        )
-        admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
-        await admin_runner.setup()
-        self._runners.append(admin_runner)
-        admin_sock = self._admin_socket or bind(config.admin)
-        await web.SockSite(admin_runner, admin_sock).start()
-        self.admin_address = admin_sock.getsockname()[:2]
+        if self._serve_admin:
+            await self._start_admin()
+        # Worker processes are watched and signalled by their supervisor instead.
+        if self.config_path is not None and config.reload.watch and self.worker is None:
+            self._watcher = FileWatcher(self.config_path, config.reload.poll_interval, self.reload)
+            self._watcher.start()
+        admin = self.admin_address
         self.log.info(
-            "listening",
+            "listening" if self.worker is None else "worker_listening",
             proxy=f"{self.proxy_address[0]}:{self.proxy_address[1]}",
-            admin=f"{self.admin_address[0]}:{self.admin_address[1]}",
+            admin=f"{admin[0]}:{admin[1]}" if admin else None,
             primary=config.primary.url,
             candidate=config.candidate.url,
             config_digest=config.digest(),
+            pid=os.getpid(),
         )
+
+    async def _start_admin(self) -> None:
+        admin_app = build_admin_app(config=lambda: self.config, metrics=self.metrics.render)
+        admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
+        await admin_runner.setup()
+        self._runners.append(admin_runner)
+        admin_sock = self._admin_socket or bind(self.config.admin)
+        await web.SockSite(admin_runner, admin_sock).start()
+        self.admin_address = admin_sock.getsockname()[:2]
 
     def _record(self, exchange: Exchange, comparison: Comparison | None) -> None:
         record = build_record(exchange, comparison)
@@ -118,22 +129,12 @@ class Proxy:
         endpoint = self.metrics.endpoint_label(exchange.endpoint)
         self.metrics.comparisons.labels(outcome.value, endpoint).inc()
 
-    async def _primary_reachable(self) -> bool:
-        url = URL(self.config.primary.url)
-        try:
-            async with asyncio.timeout(READY_PROBE_TIMEOUT):
-                _, writer = await asyncio.open_connection(url.host, url.port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
     def reload(self) -> bool:
         """Validate the config file again and swap it in; the old one stays on any error."""
         if self.config_path is None:
             return False
+        if self._watcher is not None:
+            self._watcher.mark_current()
         try:
             new = load_config(self.config_path)
         except ConfigError as error:
@@ -153,12 +154,16 @@ class Proxy:
         self.comparer.update(new.diff)
         self.writer.reopen()
         self.metrics.reloads.labels("ok").inc()
-        self.writer.event("config_reloaded", digest=new.digest(), path=str(self.config_path))
+        self.writer.event(
+            "config_reloaded", digest=new.digest(), path=str(self.config_path), worker=self.worker
+        )
         self.log.info("config_reloaded", digest=new.digest())
         return True
 
     async def stop(self) -> None:
         """Stop accepting, finish client requests, give mirrors a grace period, flush the log."""
+        if self._watcher is not None:
+            await self._watcher.stop()
         proxy_runner, *others = self._runners
         await proxy_runner.cleanup()
         cancelled = await self.dispatcher.drain(self.config.mirror.shutdown_grace)
@@ -176,19 +181,57 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
     return [k for k in keys if getattr(old, k) != getattr(new, k)]
 
 
-async def serve(config: Config, config_path: Path | None = None, **sockets: Any) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the config."""
-    proxy = Proxy(config, config_path=config_path, **sockets)
+async def serve(
+    config: Config,
+    config_path: Path | None = None,
+    *,
+    worker: int | None = None,
+    listen_port: int | None = None,
+    ready_fd: int | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the config and reopens the log.
+
+    As a worker of a supervisor (``worker`` set), bind the supervisor's port with
+    SO_REUSEPORT, serve no admin listener, and say on ``ready_fd`` when listening.
+    """
+    proxy_socket = None
+    if listen_port is not None:
+        address = config.listen.model_copy(update={"port": listen_port})
+        proxy_socket = bind(address, reuse_port=True)
+    proxy = Proxy(
+        config,
+        config_path=config_path,
+        proxy_socket=proxy_socket,
+        serve_admin=worker is None,
+        worker=worker,
+    )
     await proxy.start()
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, proxy.reload)
+    orphan_watch = None
+    if worker is not None:
+        orphan_watch = loop.create_task(_stop_when_orphaned(stop))
     try:
         await stop.wait()
         proxy.log.info("stopping")
     finally:
+        if orphan_watch is not None:
+            orphan_watch.cancel()
+        # Signals stay handled until the end: a second SIGTERM must not cut the drain short.
+        await proxy.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        await proxy.stop()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (even by SIGKILL) must not serve on alone."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
+    stop.set()

@@ -136,7 +136,7 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def proxy_config(primary: str, candidate: str, log_path: Path, **overrides: Any) -> Config:
+def proxy_config(primary: str, candidate: str, log_path: Path, /, **overrides: Any) -> Config:
     base = {
         "listen": "127.0.0.1:0",
         "admin": "127.0.0.1:0",
@@ -183,7 +183,7 @@ async def make_proxy(
 
     started: list[Proxy] = []
 
-    async def make(primary: str, candidate: str, **overrides: Any) -> RunningProxy:
+    async def make(primary: str, candidate: str, /, **overrides: Any) -> RunningProxy:
         log_path = tmp_path / f"log-{len(started)}.jsonl"
         proxy = Proxy(proxy_config(primary, candidate, log_path, **overrides))
         await proxy.start()

@@ -119,7 +119,7 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
     processes: list[ProxyProcess] = []
 
     async def start(
-        primary: str, candidate: str, *, args: tuple[str, ...] = (), **overrides: Any
+        primary: str, candidate: str, /, *, args: tuple[str, ...] = (), **overrides: Any
     ) -> ProxyProcess:
         index = len(processes)
         log_path = tmp_path / f"discrepancies-{index}.jsonl"
@@ -148,7 +148,13 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
     yield start
     for running in processes:
         if running.process.returncode is None:
-            running.process.kill()
-            await running.process.wait()
+            running.process.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await running.process.wait()
+            except TimeoutError:
+                running.process.kill()
+                await running.process.wait()
         if running._stderr_task is not None:
-            await running._stderr_task
+            running._stderr_task.cancel()
+            await asyncio.gather(running._stderr_task, return_exceptions=True)

@@ -1,0 +1,164 @@
+"""Using every core: a supervisor process and N worker processes sharing one port.
+
+The supervisor reserves the proxy port, starts workers that each bind it with SO_REUSEPORT
+(the kernel spreads connections across them), serves the admin listener with metrics summed
+over all workers, watches the config file, and passes signals on. Workers are whole proxies
+without an admin listener; they append to one discrepancy log, whole lines per write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from shadowproxy import oplog
+from shadowproxy.admin import build_admin_app
+from shadowproxy.config import Config, ConfigError, load_config
+from shadowproxy.metrics import render_all_workers
+from shadowproxy.server import bind
+from shadowproxy.watch import FileWatcher
+
+WORKER_START_TIMEOUT = 30.0
+# A worker that dies is started again, but not in a tight loop.
+RESTART_DELAY = 1.0
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: Path, workers: int) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.count = workers
+        self.log = oplog.get(role="supervisor")
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self._stopping = False
+        self._port = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        reserved = bind(self.config.listen, reuse_port=True)  # holds the port, never listens
+        self._port = reserved.getsockname()[1]
+        watcher = None
+        admin_runner = None
+        try:
+            await asyncio.gather(*(self._start_worker(i) for i in range(self.count)))
+            admin_runner = await self._start_admin()
+            if self.config.reload.watch:
+                watcher = FileWatcher(
+                    self.config_path, self.config.reload.poll_interval, self.reload
+                )
+                watcher.start()
+            await self._supervise(stop)
+        finally:
+            # Signals stay handled until the end: a second SIGTERM must not cut the drain short.
+            await self._stop_workers()
+            if watcher is not None:
+                await watcher.stop()
+            if admin_runner is not None:
+                await admin_runner.cleanup()
+            reserved.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            self.log.info("stopped")
+
+    async def _start_worker(self, index: int) -> None:
+        read_fd, write_fd = os.pipe()
+        command = [
+            sys.executable, "-m", "shadowproxy", "run", "--config", str(self.config_path),
+            "--workers", "1", "--worker-index", str(index), "--listen-port", str(self._port),
+            "--ready-fd", str(write_fd),
+        ]  # fmt: skip
+        process = await asyncio.create_subprocess_exec(
+            *command, pass_fds=(write_fd,), stdin=asyncio.subprocess.DEVNULL
+        )
+        os.close(write_fd)
+        self.processes[index] = process
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(WORKER_START_TIMEOUT):
+                ready = await loop.run_in_executor(None, os.read, read_fd, 16)
+        finally:
+            os.close(read_fd)
+        if not ready:
+            code = await process.wait()
+            raise RuntimeError(f"worker {index} exited during start-up with code {code}")
+
+    async def _start_admin(self) -> web.AppRunner:
+        app = build_admin_app(config=lambda: self.config, metrics=render_all_workers)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        sock = bind(self.config.admin)
+        await web.SockSite(runner, sock).start()
+        host, port = sock.getsockname()[:2]
+        listen_host = self.config.listen.host
+        self.log.info(
+            "listening",
+            proxy=f"{listen_host}:{self._port}",
+            admin=f"{host}:{port}",
+            workers=self.count,
+            primary=self.config.primary.url,
+            candidate=self.config.candidate.url,
+            config_digest=self.config.digest(),
+            pid=os.getpid(),
+        )
+        return runner
+
+    async def _supervise(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        watchers = [loop.create_task(self._watch(i, stop)) for i in self.processes]
+        await stop.wait()
+        self._stopping = True
+        self.log.info("stopping")
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def _stop_workers(self) -> None:
+        """SIGTERM to every worker: each finishes its requests and flushes its log lines."""
+        self._stopping = True
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(p.wait() for p in self.processes.values()))
+
+    async def _watch(self, index: int, stop: asyncio.Event) -> None:
+        """Start a worker again when it dies while the proxy is meant to run."""
+        while not stop.is_set():
+            code = await self.processes[index].wait()
+            if self._stopping:
+                return
+            self.log.error("worker_exited", worker=index, code=code)
+            await asyncio.sleep(RESTART_DELAY)
+            if not self._stopping:
+                with contextlib.suppress(RuntimeError, TimeoutError):
+                    await self._start_worker(index)
+
+    def reload(self) -> None:
+        """Validate first; only a valid file is passed on to the workers."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as error:
+            self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
+            return
+        self.config = new
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGHUP)
+        self.log.info("config_reloaded", digest=new.digest(), workers=self.count)
+
+
+def run_supervisor(config: Config, config_path: Path, workers: int, metrics_dir: Path) -> None:
+    try:
+        asyncio.run(Supervisor(config, config_path, workers).run())
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
