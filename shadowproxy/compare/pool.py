@@ -1,9 +1,10 @@
 """`Comparer`: the fast path inline on the event loop, the detailed engine in workers.
 
-Comparisons that need the engine wait in a bounded queue (``diff.max_queue``, counting those
-queued and those running); when it is full the comparison is skipped and `compare` returns
-None for the caller to count. Workers are processes (``diff.workers``), or one thread when
-``diff.workers`` is 0.
+What `fast.quick_compare` settles (equal bodies, small differing JSON, form and binary
+bodies) never leaves the event loop. The rest waits for a worker in a bounded queue
+(``diff.max_queue``, counting those queued and those running); when it is full the
+comparison is skipped and `compare` returns None for the caller to count. Workers are
+processes (``diff.workers``), or one thread when ``diff.workers`` is 0.
 """
 
 from __future__ import annotations
