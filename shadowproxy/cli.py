@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import tempfile
@@ -39,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(path)
     if config is None or path is None:
         return EXIT_USAGE
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or available_cores()
     if workers < 1:
         print("shadowproxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -63,6 +64,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"shadowproxy: cannot start: {error}", file=sys.stderr)
         return 1
     return EXIT_OK
+
+
+def available_cores() -> int:
+    """Cores this process may use: CPU affinity, capped by a cgroup v2 CPU quota.
+
+    In a container ``os.cpu_count()`` counts the node's cores, which would start far more
+    workers than the container's CPU share can run.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def _run_supervisor(config: Config, path: Path, workers: int) -> int:

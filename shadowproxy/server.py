@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from shadowproxy import oplog
-from shadowproxy.admin import build_admin_app
+from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.compare import Comparer
 from shadowproxy.compare.model import Comparison
 from shadowproxy.config import Config, ConfigError, HostPort, load_config
@@ -22,6 +22,7 @@ from shadowproxy.forward import PrimaryPath
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher
 from shadowproxy.record import LogWriter, build_record, outcome_of
+from shadowproxy.report.live import LiveView
 from shadowproxy.upstream import make_session
 from shadowproxy.watch import FileWatcher
 
@@ -61,9 +62,13 @@ class Proxy:
         self._serve_admin = serve_admin
         self.worker = worker
         self.metrics = Metrics()
+        self.live = LiveView()
         self.log = oplog.get(worker=worker) if worker is not None else oplog.get()
         self._runners: list[web.BaseRunner] = []
         self._watcher: FileWatcher | None = None
+        # Worker processes are watched and signalled by their supervisor instead.
+        if config_path is not None and config.reload.watch and worker is None:
+            self._watcher = FileWatcher(config_path, config.reload.poll_interval, self.reload)
         self.proxy_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
@@ -114,7 +119,11 @@ class Proxy:
         )
 
     async def _start_admin(self) -> None:
-        admin_app = build_admin_app(config=lambda: self.config, metrics=self.metrics.render)
+        admin_app = build_admin_app(
+            config=lambda: self.config,
+            metrics=self.metrics.render,
+            report=LiveReport(html=self.live.html, json=self.live.json),
+        )
         admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
         await admin_runner.setup()
         self._runners.append(admin_runner)
@@ -125,6 +134,8 @@ class Proxy:
     def _record(self, exchange: Exchange, comparison: Comparison | None) -> None:
         record = build_record(exchange, comparison)
         self.writer.write(record)
+        if self._serve_admin:
+            self.live.add(record)
         outcome = outcome_of(exchange.candidate, comparison)
         endpoint = self.metrics.endpoint_label(exchange.endpoint)
         self.metrics.comparisons.labels(outcome.value, endpoint).inc()
@@ -232,6 +243,7 @@ async def serve(
 async def _stop_when_orphaned(stop: asyncio.Event) -> None:
     """A worker whose supervisor died (even by SIGKILL) must not serve on alone."""
     parent = os.getppid()
-    while os.getppid() == parent:
+    # The kernel sends no event for this without prctl; polling is cheap.
+    while os.getppid() == parent:  # noqa: ASYNC110
         await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
     stop.set()

@@ -19,9 +19,11 @@ from pathlib import Path
 from aiohttp import web
 
 from shadowproxy import oplog
-from shadowproxy.admin import build_admin_app
+from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.config import Config, ConfigError, load_config
+from shadowproxy.follow import LogFollower
 from shadowproxy.metrics import render_all_workers
+from shadowproxy.report.live import LiveView
 from shadowproxy.server import bind
 from shadowproxy.watch import FileWatcher
 
@@ -39,6 +41,7 @@ class Supervisor:
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
         self._port = 0
+        self._follower: LogFollower | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -49,14 +52,14 @@ class Supervisor:
         reserved = bind(self.config.listen, reuse_port=True)  # holds the port, never listens
         self._port = reserved.getsockname()[1]
         watcher = None
+        if self.config.reload.watch:
+            # The file as loaded is the baseline; a change during start-up still counts.
+            watcher = FileWatcher(self.config_path, self.config.reload.poll_interval, self.reload)
         admin_runner = None
         try:
             await asyncio.gather(*(self._start_worker(i) for i in range(self.count)))
             admin_runner = await self._start_admin()
-            if self.config.reload.watch:
-                watcher = FileWatcher(
-                    self.config_path, self.config.reload.poll_interval, self.reload
-                )
+            if watcher is not None:
                 watcher.start()
             await self._supervise(stop)
         finally:
@@ -66,6 +69,8 @@ class Supervisor:
                 await watcher.stop()
             if admin_runner is not None:
                 await admin_runner.cleanup()
+            if self._follower is not None:
+                await self._follower.stop()
             reserved.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -94,7 +99,14 @@ class Supervisor:
             raise RuntimeError(f"worker {index} exited during start-up with code {code}")
 
     async def _start_admin(self) -> web.AppRunner:
-        app = build_admin_app(config=lambda: self.config, metrics=render_all_workers)
+        # Workers share only the log file, so the live report follows it.
+        report = None
+        if self.config.log.path != "-":
+            live = LiveView()
+            self._follower = LogFollower(Path(self.config.log.path), live.add)
+            self._follower.start()
+            report = LiveReport(html=live.html, json=live.json)
+        app = build_admin_app(config=lambda: self.config, metrics=render_all_workers, report=report)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         sock = bind(self.config.admin)

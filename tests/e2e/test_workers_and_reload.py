@@ -1,0 +1,163 @@
+"""Several workers on one port, live reload, and the admin listener of the real process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Backend, Handler
+from tests.e2e.conftest import ProxyProcess, StartProxy
+
+pytestmark = pytest.mark.e2e
+
+Serve = Callable[..., Awaitable[Backend]]
+
+
+def json_handler(document: object) -> Handler:
+    async def handler(_: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=orjson.dumps(document), content_type="application/json")
+
+    return handler
+
+
+async def metric(admin_url: str, name: str, **labels: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(admin_url + "/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def admin_get(proxy: ProxyProcess, path: str) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session, session.get(proxy.admin_url + path) as r:
+        return r.status, await r.read()
+
+
+@pytest.mark.timeout(120)
+async def test_two_workers_share_the_port_the_log_and_the_metrics(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    primary = await serve(json_handler({"items": list(range(50)), "v": 1}))
+    candidate = await serve(json_handler({"items": list(range(50)), "v": 2}))
+    proxy = await start_proxy(primary.url, candidate.url, args=("--workers", "2"))
+    total = 400
+    connector = aiohttp.TCPConnector(force_close=True)  # new connections reach both workers
+    async with aiohttp.ClientSession(connector=connector) as client:
+
+        async def one(i: int) -> None:
+            async with client.get(f"{proxy.url}/things/{i}") as response:
+                assert response.status == 200
+                await response.read()
+
+        for start in range(0, total, 40):
+            await asyncio.gather(*(one(i) for i in range(start, start + 40)))
+    records = await proxy.wait_records(total)
+    assert len(records) == total  # every line whole and parseable (lines() would raise)
+    assert {r["outcome"] for r in records} == {"mismatch"}
+    served_by = {r["id"] for r in records}
+    assert len(served_by) == total
+    compared = await metric(proxy.admin_url, "shadowproxy_comparisons_total", outcome="mismatch")
+    assert compared == total
+    pids = {e["pid"] for e in proxy.stderr_lines if e.get("event") == "worker_listening"}
+    assert len(pids) == 2
+    assert await proxy.stop() == 0
+
+
+async def test_sighup_reload_applies_new_config_and_invalid_file_keeps_old(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "1"), reload={"watch": False}
+    )
+    async with client.get(proxy.url + "/one"):
+        pass
+    await proxy.wait_records(1)
+
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["mirror"] = {"sample_rate": 0.0}
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    reloaded = await proxy.wait_event("config_reloaded")
+    for _ in range(5):
+        async with client.get(proxy.url + "/two") as response:
+            assert response.status == 200
+    _, body = await admin_get(proxy, "/config")
+    assert orjson.loads(body)["digest"] == reloaded["digest"]
+
+    config["mirror"] = {"sample_rate": 3}
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    failed = await proxy.wait_event("config_reload_failed")
+    assert "mirror.sample_rate: must be between 0 and 1" in failed["error"]
+    _, body = await admin_get(proxy, "/config")
+    assert orjson.loads(body)["digest"] == reloaded["digest"]  # the old one is still in force
+    async with client.get(proxy.url + "/three") as response:
+        assert response.status == 200
+    assert await proxy.stop() == 0
+    lines = proxy.lines()
+    assert len([r for r in lines if r.get("event") == "exchange"]) == 1
+    assert [r["digest"] for r in lines if r.get("event") == "config_reloaded"] == [
+        reloaded["digest"]
+    ]
+
+
+async def test_config_file_change_is_picked_up_without_a_signal(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "2"), reload={"poll_interval": 0.1}
+    )
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["mirror"] = {"sample_rate": 0.0}
+    # Write elsewhere and rename over, as editors and ConfigMap updates do.
+    staged = proxy.config_path.with_suffix(".new")
+    staged.write_text(yaml.safe_dump(config))
+    staged.replace(proxy.config_path)
+    await proxy.wait_event("config_reloaded")
+    for _ in range(20):
+        async with client.get(proxy.url + "/after") as response:
+            assert response.status == 200
+    assert await proxy.stop() == 0
+    assert proxy.records() == []
+
+
+async def test_admin_endpoints(serve: Serve, start_proxy: StartProxy) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 2}))
+    proxy = await start_proxy(
+        primary.url.replace("http://", "http://user:pw@"),
+        candidate.url,
+        args=("--workers", "1"),
+    )
+    async with aiohttp.ClientSession() as client:
+        for _ in range(3):
+            async with client.get(proxy.url + "/users/1") as response:
+                await response.read()
+    await proxy.wait_records(3)
+    status, body = await admin_get(proxy, "/readyz")
+    assert status == 200
+    status, body = await admin_get(proxy, "/config")
+    assert status == 200
+    assert b"pw" not in body
+    status, body = await admin_get(proxy, "/report.json")
+    assert status == 200
+    assert b"GET /users/{id}" in body
+    status, body = await admin_get(proxy, "/report")
+    assert status == 200
+    assert b"<html" in body.lower()
+    assert await metric(proxy.admin_url, "shadowproxy_mirrored_total") == 3
