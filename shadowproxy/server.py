@@ -103,9 +103,7 @@ class Proxy:
 
         if self._serve_admin:
             await self._start_admin()
-        # Worker processes are watched and signalled by their supervisor instead.
-        if self.config_path is not None and config.reload.watch and self.worker is None:
-            self._watcher = FileWatcher(self.config_path, config.reload.poll_interval, self.reload)
+        if self._watcher is not None:
             self._watcher.start()
         admin = self.admin_address
         self.log.info(
