@@ -25,6 +25,7 @@ from shadowproxy.compare.model import Comparison, Difference, Where
 from shadowproxy.config import SECRET_HEADERS, LogConfig
 from shadowproxy.exchange import Exchange, Failure, Outcome, Response
 from shadowproxy.headers import REDACTED
+from shadowproxy.redact import Redactor
 
 EXCHANGE_EVENT = "exchange"
 # A batch is written once it reaches this size even before the flush interval ends.
@@ -58,6 +59,11 @@ def _redact(difference: Difference) -> dict[str, Any]:
     return data
 
 
+def _recorded(differences: Sequence[Difference], redactor: Redactor | None) -> list[dict[str, Any]]:
+    items = [_redact(d) for d in differences]
+    return redactor.differences(items) if redactor else items
+
+
 def outcome_of(candidate: Response | Failure, comparison: Comparison | None) -> Outcome:
     if isinstance(candidate, Failure) or comparison is None:
         return Outcome.CANDIDATE_ERROR
@@ -69,7 +75,7 @@ def build_record(
     comparison: Comparison | None,
     *,
     noise: Sequence[Difference] = (),
-    secondary_comparison: Comparison | None = None,
+    redactor: Redactor | None = None,
 ) -> dict[str, Any]:
     """The log line for one exchange; ``comparison`` is None when the candidate failed."""
     request = exchange.request
@@ -87,7 +93,7 @@ def build_record(
     if exchange.secondary is not None:
         record["secondary"] = _side(exchange.secondary)
     if comparison is not None:
-        record["differences"] = [_redact(d) for d in comparison.differences]
+        record["differences"] = _recorded(comparison.differences, redactor)
         record["difference_count"] = comparison.total
         record["body_kind"] = comparison.body_kind
         if comparison.notes:
@@ -98,7 +104,7 @@ def build_record(
         record["differences"] = []
         record["difference_count"] = 0
     if noise:
-        record["noise"] = [_redact(d) for d in noise]
+        record["noise"] = _recorded(noise, redactor)
     if exchange.tags:
         record["tags"] = dict(exchange.tags)
     return record

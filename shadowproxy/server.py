@@ -22,6 +22,7 @@ from shadowproxy.forward import PrimaryPath
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher
 from shadowproxy.record import LogWriter, build_record, outcome_of
+from shadowproxy.redact import Redactor
 from shadowproxy.report.live import LiveView
 from shadowproxy.upstream import make_session
 from shadowproxy.watch import FileWatcher
@@ -62,6 +63,7 @@ class Proxy:
         self._serve_admin = serve_admin
         self.worker = worker
         self.metrics = Metrics()
+        self.redactor = Redactor(config.log.redact)
         self.live = LiveView()
         self.log = oplog.get(worker=worker) if worker is not None else oplog.get()
         self._runners: list[web.BaseRunner] = []
@@ -130,7 +132,7 @@ class Proxy:
         self.admin_address = admin_sock.getsockname()[:2]
 
     def _record(self, exchange: Exchange, comparison: Comparison | None) -> None:
-        record = build_record(exchange, comparison)
+        record = build_record(exchange, comparison, redactor=self.redactor)
         self.writer.write(record)
         if self._serve_admin:
             self.live.add(record)
@@ -158,6 +160,7 @@ class Proxy:
                 keys=unchanged,
             )
         self.config = new
+        self.redactor = Redactor(new.log.redact)
         self.primary_path.configure(new)
         self.dispatcher.configure(new)
         self.comparer.update(new.diff)
@@ -186,8 +189,11 @@ class Proxy:
 
 
 def _restart_only_changes(old: Config, new: Config) -> list[str]:
-    keys = ("listen", "admin", "primary", "candidate", "log")
-    return [k for k in keys if getattr(old, k) != getattr(new, k)]
+    keys = ("listen", "admin", "primary", "candidate")
+    changed = [k for k in keys if getattr(old, k) != getattr(new, k)]
+    if old.log.path != new.log.path:
+        changed.append("log.path")
+    return changed
 
 
 async def serve(

@@ -67,13 +67,15 @@ async def test_secrets_never_reach_the_log(
     serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
 ) -> None:
     async def primary_handler(_: web.BaseRequest) -> web.StreamResponse:
-        response = web.Response(text="p")
+        body = {"user": {"name": "ada", "password": "primary-secret-pw"}, "token": "p-secret-tok"}
+        response = web.json_response(body)
         response.headers.add("Set-Cookie", "session=primary-secret-cookie")
         response.headers["Authorization"] = "Bearer primary-secret-auth"
         return response
 
     async def candidate_handler(_: web.BaseRequest) -> web.StreamResponse:
-        response = web.Response(text="c")
+        body = {"user": {"name": "bob", "password": "candidate-secret-pw"}, "token": "c-secret-tok"}
+        response = web.json_response(body)
         response.headers.add("Set-Cookie", "session=candidate-secret-cookie")
         response.headers["Authorization"] = "Bearer candidate-secret-auth"
         return response
@@ -81,17 +83,25 @@ async def test_secrets_never_reach_the_log(
     primary = await serve(primary_handler)
     candidate = await serve(candidate_handler)
     # Compare every header, Set-Cookie included, so a difference in it must be logged redacted.
-    proxy = await start_proxy(primary.url, candidate.url, diff={"ignore_headers": ["date"]})
+    proxy = await start_proxy(
+        primary.url,
+        candidate.url,
+        diff={"ignore_headers": ["date", "content-length"]},
+        log={"redact": ["/**/password", "/token"]},
+    )
     headers = {"Authorization": "Bearer client-secret", "Cookie": "sid=client-cookie"}
     async with client.get(proxy.url + "/secret", headers=headers) as response:
         assert response.headers["Set-Cookie"] == "session=primary-secret-cookie"
     [record] = await proxy.wait_records(1)
     assert await proxy.stop() == 0
     text = proxy.log_path.read_text()
-    for secret in ("secret-cookie", "secret-auth", "client-secret", "client-cookie"):
+    for secret in ("secret-cookie", "secret-auth", "client-secret", "client-cookie", "secret-pw"):
         assert secret not in text
+    assert "secret-tok" not in text
     where = {(d["where"], d["path"]) for d in record["differences"]}
     assert ("header", "set-cookie") in where
+    assert ("body", "/user/password") in where
+    assert ("body", "/user/name") in where  # a field not named stays visible
 
 
 @pytest.mark.timeout(180)
