@@ -150,10 +150,31 @@ Address = Annotated[HostPort, BeforeValidator(_parse_host_port)]
 # --- backends -------------------------------------------------------------------------------
 
 
+class UpstreamTLS(Model):
+    """How an https:// backend is verified, and the certificate we show it."""
+
+    ca_file: str | None = None
+    """CA bundle to verify the backend with; the system's store by default."""
+    cert_file: str | None = None
+    """Client certificate for mutual TLS (with ``key_file``)."""
+    key_file: str | None = None
+    server_name: str | None = None
+    """SNI and the name the certificate must carry; by default ``host``, else the URL's host."""
+    insecure: bool = False
+    """Skip certificate verification. Only for tests; logged loudly at every start."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class Backend(Model):
     """One upstream: the primary, the candidate or the secondary."""
 
     url: str
+    """``http://host:port[/prefix]``, ``https://...``, or ``unix:///path/to.sock[:/prefix]``."""
     timeout: Seconds = 30.0
     connect_timeout: Seconds = 5.0
     host: str | None = None
@@ -161,13 +182,35 @@ class Backend(Model):
     max_connections: Count = 100
     keepalive_timeout: Seconds = 15.0
     """Idle pooled connections close after this long; keep it below the backend's own."""
+    tls: UpstreamTLS = Field(default_factory=UpstreamTLS)
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        if value.startswith("unix://"):
+            if not value.removeprefix("unix://").startswith("/"):
+                raise ValueError(
+                    "a unix:// URL needs an absolute socket path: unix:///run/app.sock"
+                )
+            return value
         if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http:// or https:// URL")
+            raise ValueError("must be an http://, https:// or unix:// URL")
         return value.rstrip("/")
+
+    @property
+    def unix_socket(self) -> str | None:
+        """The socket path of a ``unix://`` backend."""
+        if not self.url.startswith("unix://"):
+            return None
+        return self.url.removeprefix("unix://").split(":", 1)[0]
+
+    @property
+    def base_url(self) -> str:
+        """What request paths are appended to."""
+        if self.unix_socket is None:
+            return self.url
+        _, _, prefix = self.url.removeprefix("unix://").partition(":")
+        return "http://localhost" + prefix.rstrip("/")
 
 
 class CandidateBackend(Backend):
@@ -504,6 +547,81 @@ class LogConfig(Model):
     flush_interval: Annotated[float, Field(gt=0)] = 0.2
 
 
+# --- noise ----------------------------------------------------------------------------------
+
+
+class NoiseConfig(Model):
+    """How differences are told from noise when a ``secondary`` is configured.
+
+    Per endpoint and place (array indices counted together), R counts exchanges where the
+    candidate differed from the primary, N those where the secondary (the primary's version
+    again) differed from the primary, T the compared exchanges. A candidate difference at a
+    place where the secondary has differed is noise, unless R > N, |R-N|/(R+N) > ``relative``
+    and |R-N|/T > ``absolute``: then the candidate differs there clearly more often than the
+    noise explains, and its differences stay real. Without a secondary nothing is noise."""
+
+    relative: Fraction = 0.2
+    absolute: Fraction = 0.0003
+    state_path: str | None = None
+    """A small JSON file the counts are saved to, every ``save_interval`` and at shutdown, and
+    read back at start, so noise learned survives restarts; unset: counts start afresh each
+    time. With several worker processes each keeps its own file, the path with ``.N`` (its
+    index) appended."""
+    save_interval: Seconds = 60.0
+    """Seconds between saves of the counts, when they changed."""
+    max_endpoints: Count = 500
+    """Endpoints tracked; differences on endpoints beyond it are never classed as noise."""
+    max_paths: Count = 200
+    """Places tracked per endpoint; differences at places beyond it are never noise."""
+
+
+# --- capture --------------------------------------------------------------------------------
+
+
+def _endpoint_pattern(value: str) -> str:
+    pattern = EndpointPattern.parse(value)
+    unknown = sorted((pattern.methods or frozenset()) - KNOWN_METHODS)
+    if unknown:
+        raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
+    return pattern.source
+
+
+class CaptureRule(Model):
+    """One entry of ``capture.rules``: include or exclude the requests of some endpoints."""
+
+    match: Annotated[str, AfterValidator(_endpoint_pattern)]
+    """An endpoint pattern, as in ``mirror.rules``: ``GET /users/{id}``, ``/admin/**``."""
+    capture: bool = True
+    """``false``: requests this rule matches are never captured."""
+    sample_rate: Fraction | None = None
+    """The rate for this route; unset: ``capture.sample_rate``."""
+
+
+class CaptureConfig(Model):
+    """Writes sampled exchanges of the primary path (request, and the primary's response) to
+    files of HAR 1.2 entries, one JSON object per line, for ``shadowproxy replay``. Independent
+    of mirroring: a request is captured whether or not it is mirrored."""
+
+    path: str
+    """The file written; rotated files are kept next to it as ``NAME-<UTC time>.EXT``. With
+    several worker processes each writes its own file, ``NAME.w<N>.EXT``."""
+    sample_rate: Fraction = 1.0
+    rules: list[CaptureRule] = Field(default_factory=list)
+    """In order, the first rule whose ``match`` fits a request decides for it; requests no
+    rule fits are captured at ``sample_rate``."""
+    max_body_bytes: Bytes = MIB
+    """Bodies are kept up to this size each; a longer request body is cut (the entry is then
+    not replayed), a longer response body is kept as a prefix with its size."""
+    max_file_bytes: Annotated[int, BeforeValidator(_parse_size), Field(ge=KIB)] = 100 * MIB
+    """The file is rotated before it would grow past this size."""
+    keep_files: Annotated[int, Field(ge=0)] = 5
+    """Rotated files kept besides the one being written; older ones are deleted."""
+    max_buffer_bytes: Bytes = 16 * MIB
+    """Exchanges waiting to be written, at most; when full, new ones are dropped and counted."""
+    flush_interval: Seconds = 0.5
+    """Seconds between writes of buffered lines."""
+
+
 # --- the whole file -------------------------------------------------------------------------
 
 
@@ -518,9 +636,16 @@ class Config(Model):
     admin: Address = Field(default_factory=lambda: HostPort(host="127.0.0.1", port=9901))
     primary: Backend
     candidate: CandidateBackend
+    secondary: CandidateBackend | None = None
+    """A second instance of the primary's version, sent the same mirrored requests: where it
+    differs from the primary is noise (timestamps, ids, orderings), see ``noise``. Unset: no
+    noise detection, every difference is real."""
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
     mirror: MirrorConfig = Field(default_factory=MirrorConfig)
     diff: DiffConfig = Field(default_factory=DiffConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    capture: CaptureConfig | None = None
+    """Sampled exchanges written for ``shadowproxy replay``; unset: nothing is captured."""
     max_request_body_bytes: Bytes | None = None
     """Requests with larger bodies get 413 before anything reaches the primary; unset: no cap."""
     shutdown_timeout: Seconds = 15.0
@@ -537,6 +662,11 @@ class Config(Model):
     def _distinct_backends(self) -> Config:
         if self.primary.url == self.candidate.url:
             raise ValueError("candidate.url: must differ from primary.url")
+        if self.secondary is not None:
+            if self.secondary.url == self.primary.url:
+                raise ValueError("secondary.url: must differ from primary.url")
+            if self.secondary.url == self.candidate.url:
+                raise ValueError("secondary.url: must differ from candidate.url")
         return self
 
     def digest(self) -> str:

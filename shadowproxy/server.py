@@ -76,6 +76,14 @@ class Proxy:
 
     async def start(self) -> None:
         config = self.config
+        for name, backend in (("primary", config.primary), ("candidate", config.candidate)):
+            if backend.tls.insecure and backend.url.startswith("https://"):
+                self.log.warning(
+                    "tls_verification_disabled",
+                    backend=name,
+                    url=backend.url,
+                    detail="certificates are not checked: never use this in production",
+                )
         self.writer = LogWriter(config.log, on_lost=self.metrics.log_lost.inc, oplog=self.log)
         self.writer.start()
         self.primary_session = make_session(config.primary, stream_timeout=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -18,18 +20,55 @@ SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 READ_CHUNK = 64 * 1024
 
 
+def tls_context(backend: Backend) -> ssl.SSLContext | None:
+    """Verification on by default; a custom CA bundle and a client certificate when set."""
+    if not backend.url.startswith("https://"):
+        return None
+    tls = backend.tls
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def server_hostname(backend: Backend) -> str | None:
+    """The name sent as SNI and checked in the certificate, when not the URL's host."""
+    if not backend.url.startswith("https://"):
+        return None
+    name = backend.tls.server_name or backend.host
+    return name.rsplit(":", 1)[0] if name else None
+
+
+def request_options(backend: Backend) -> dict[str, Any]:
+    """Per-request keyword arguments that follow from the backend's config."""
+    name = server_hostname(backend)
+    return {"server_hostname": name} if name else {}
+
+
 def make_session(backend: Backend, *, stream_timeout: bool) -> aiohttp.ClientSession:
     """A session with its own pool; bodies pass through undecoded, cookies are not kept.
 
     ``stream_timeout`` bounds each read instead of the whole exchange, so a large download
     from the primary is limited by idleness, not by its length.
     """
-    connector = aiohttp.TCPConnector(
-        limit=backend.max_connections,
-        limit_per_host=0,
-        keepalive_timeout=backend.keepalive_timeout,
-        ttl_dns_cache=60,
-    )
+    connector: aiohttp.BaseConnector
+    if backend.unix_socket is not None:
+        connector = aiohttp.UnixConnector(
+            path=backend.unix_socket,
+            limit=backend.max_connections,
+            keepalive_timeout=backend.keepalive_timeout,
+        )
+    else:
+        connector = aiohttp.TCPConnector(
+            limit=backend.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=backend.keepalive_timeout,
+            ttl_dns_cache=60,
+            ssl=tls_context(backend) or True,
+        )
     if stream_timeout:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=backend.connect_timeout, sock_read=backend.timeout
@@ -49,7 +88,7 @@ def make_session(backend: Backend, *, stream_timeout: bool) -> aiohttp.ClientSes
 
 def target_url(backend: Backend, raw_path: str) -> URL:
     """The backend URL for a raw client path; percent-encoding is kept exactly as received."""
-    return URL(backend.url + raw_path, encoded=True)
+    return URL(backend.base_url + raw_path, encoded=True)
 
 
 def classify(error: BaseException) -> FailureKind:
@@ -80,6 +119,7 @@ async def fetch(
     body: bytes,
     deadline: float,
     capture_bytes: int,
+    options: Mapping[str, Any] | None = None,
 ) -> Response | Failure:
     """Send one mirrored request and read the whole answer within ``deadline`` seconds.
 
@@ -90,7 +130,12 @@ async def fetch(
     try:
         async with asyncio.timeout(deadline):
             async with session.request(
-                method, url, headers=headers, data=body or None, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+                **(options or {}),
             ) as response:
                 kept = bytearray()
                 size = 0
