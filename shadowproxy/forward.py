@@ -132,7 +132,13 @@ class PrimaryPath:
         headers: CIMultiDict[str],
         content_length: int | None,
     ) -> MirrorTicket | None:
-        decision = self._sampler.decide(request.method, content_length)
+        decision = self._sampler.decide(
+            request.method,
+            request.raw_path,
+            headers=request.headers,
+            content_length=content_length,
+            client_ip=client_ip,
+        )
         if not decision.mirror:
             assert decision.reason is not None
             self._metrics.skipped.labels(decision.reason.value).inc()
@@ -144,6 +150,7 @@ class PrimaryPath:
             endpoint=endpoint_of(request.method, request.raw_path),
             client_ip=client_ip,
             upstream_headers=headers,
+            edit=decision.edit,
         )
 
     async def _forward(

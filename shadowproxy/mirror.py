@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
+from shadowproxy import oplog
 from shadowproxy.compare.model import Comparison
 from shadowproxy.config import Backend, Config
 from shadowproxy.exchange import (
@@ -27,11 +28,28 @@ from shadowproxy.exchange import (
 )
 from shadowproxy.headers import mirror_request_headers
 from shadowproxy.metrics import Metrics
-from shadowproxy.sampling import SkipReason
+from shadowproxy.protection import (
+    Admission,
+    Breaker,
+    BreakerState,
+    Clock,
+    TokenBucket,
+    worker_share,
+)
+from shadowproxy.sampling import CandidateEdit, SkipReason
 from shadowproxy.upstream import fetch, target_url
 
 Sink = Callable[[Exchange, Comparison | None], None]
 CompareFn = Callable[[str, Response, Response], Any]  # awaitable of Comparison | None
+
+# Candidate answers that count as errors for the breaker besides no usable answer at all: the
+# candidate (or the load balancer in front of it) says it is down or overloaded. Other statuses
+# are differences to record, not reasons to stop mirroring.
+BREAKER_STATUSES = frozenset({502, 503, 504})
+
+
+def candidate_healthy(result: Response | Failure) -> bool:
+    return isinstance(result, Response) and result.status not in BREAKER_STATUSES
 
 
 class TicketState(enum.Enum):
@@ -45,8 +63,8 @@ class MirrorTicket:
     """One sampled request on its way to the candidate; filled in by the primary path."""
 
     __slots__ = (
-        "_dispatcher", "_primary", "_request_headers", "client_ip", "endpoint", "id", "method",
-        "path", "started_at", "state",
+        "_admission", "_dispatcher", "_primary", "_request_headers", "client_ip", "edit",
+        "endpoint", "id", "method", "path", "started_at", "state",
     )  # fmt: skip
 
     def __init__(
@@ -59,17 +77,37 @@ class MirrorTicket:
         endpoint: str,
         client_ip: str,
         upstream_headers: CIMultiDict[str],
+        edit: CandidateEdit | None = None,
+        admission: tuple[Breaker, Admission] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._primary: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
         self._request_headers = upstream_headers
+        self._admission = admission
         self.id = request_id
         self.method = method
         self.path = path
+        """The client's raw path; the candidate gets ``edit.path(path)``."""
         self.endpoint = endpoint
         self.client_ip = client_ip
+        self.edit = edit
+        """The matched rule's changes to the candidate's copy (path prefix, headers)."""
         self.started_at = time.time()
         self.state = TicketState.ADMITTED
+
+    def settle(self, healthy: bool | None) -> None:
+        """Tell the breaker that admitted this request how the candidate did, once.
+
+        None: the candidate was never asked (so a probe's turn passes on).
+        """
+        held, self._admission = self._admission, None
+        if held is None:
+            return
+        breaker, admission = held
+        if healthy is None:
+            breaker.release(admission)
+        else:
+            breaker.record(admission, healthy)
 
     def request_complete(self, body: bytes) -> None:
         """The whole request body is known: the candidate call starts now, beside the primary."""
@@ -92,14 +130,22 @@ class MirrorTicket:
 
     def abandon(self, reason: SkipReason) -> None:
         """Nothing will be compared for this request; counted once, by reason."""
-        if self.state in (TicketState.DONE, TicketState.ABANDONED) or self._primary.done():
+        if self.state in (TicketState.DONE, TicketState.ABANDONED):
             return
         was_admitted = self.state is TicketState.ADMITTED
+        if self._primary.done():
+            if not was_admitted:
+                return  # the mirror is under way and will be compared
+            # The primary answered before the request body was read in full: no complete copy
+            # exists to send. Without this the ticket would hold its in-flight slot (and a
+            # breaker probe's turn) for good.
+            reason = SkipReason.REQUEST_INCOMPLETE
         self.state = TicketState.ABANDONED
         if not self._primary.done():
             self._primary.set_result(None)
         self._dispatcher._count_skip(reason)
         if was_admitted:  # no task holds the in-flight slot yet
+            self.settle(None)
             self._dispatcher._release()
 
     async def primary_response(self) -> Response | None:
@@ -117,26 +163,95 @@ class MirrorDispatcher:
         compare: CompareFn,
         metrics: Metrics,
         sinks: list[Sink],
+        workers: int = 1,
+        clock: Clock = time.monotonic,
     ) -> None:
+        """``workers``: how many processes share ``mirror.max_rps`` (each gets its share)."""
         self._candidate_session = candidate_session
         self._compare = compare
         self._metrics = metrics
         self._sinks = sinks
+        self._workers = max(1, workers)
+        self._clock = clock
+        self._log = oplog.get()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._closing = False
+        self._bucket: TokenBucket | None = None
+        self._breaker: Breaker | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
-        """Take new bounds; mirrors already under way finish under the old ones."""
+        """Take new bounds; mirrors already under way finish under the old ones.
+
+        The rate limit and the breaker keep their state across a reload (saved tokens; an open
+        breaker stays open, under the new pause), so a reload never lets a burst through to a
+        candidate that is struggling. Removing ``max_rps`` or ``breaker`` removes them; a new
+        candidate URL starts with a closed breaker.
+        """
+        previous = getattr(self, "_candidate", None)
         self._config = config
         self._candidate: Backend = config.candidate
         self._max_in_flight = config.mirror.max_in_flight
         self._capture_bytes = config.diff.max_body_bytes
+        self._configure_protection(
+            config, new_candidate=previous is not None and previous.url != config.candidate.url
+        )
+
+    def _configure_protection(self, config: Config, *, new_candidate: bool) -> None:
+        mirror = config.mirror
+        if mirror.max_rps is None:
+            self._bucket = None
+        else:
+            rate = worker_share(mirror.max_rps, self._workers)
+            if self._bucket is None:
+                self._bucket = TokenBucket(rate, clock=self._clock)
+            else:
+                self._bucket.set_rate(rate)
+
+        settings, breaker = mirror.breaker, self._breaker
+        if breaker is not None and (settings is None or new_candidate):
+            if breaker.is_open:
+                reason = "new candidate" if new_candidate else "breaker removed from the config"
+                self._breaker_changed(breaker, BreakerState.CLOSED, reason)
+            self._breaker = breaker = None
+        if settings is None:
+            return
+        if breaker is None:
+            self._breaker = self._new_breaker(settings.failures, settings.pause)
+        else:
+            breaker.configure(settings.failures, settings.pause)
+
+    def _new_breaker(self, failures: int, pause: float) -> Breaker:
+        def changed(state: BreakerState, reason: str) -> None:
+            if self._breaker is breaker:  # a replaced breaker's late results change nothing
+                self._breaker_changed(breaker, state, reason)
+
+        breaker = Breaker(failures, pause, clock=self._clock, listener=changed)
+        return breaker
+
+    def _breaker_changed(self, breaker: Breaker, state: BreakerState, reason: str) -> None:
+        if state is BreakerState.OPEN:
+            self._metrics.breaker_open.set(1)
+            self._log.warning(
+                "breaker_open",
+                reason=reason,
+                pause_seconds=breaker.pause,
+                candidate=self._candidate.url,
+            )
+        elif state is BreakerState.HALF_OPEN:
+            self._log.info("breaker_half_open", detail="mirroring one probe request")
+        else:
+            self._metrics.breaker_open.set(0)
+            self._log.info("breaker_closed", reason=reason, candidate=self._candidate.url)
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def breaker(self) -> Breaker | None:
+        return self._breaker
 
     def admit(
         self,
@@ -147,12 +262,27 @@ class MirrorDispatcher:
         endpoint: str,
         client_ip: str,
         upstream_headers: CIMultiDict[str],
+        edit: CandidateEdit | None = None,
     ) -> MirrorTicket | None:
+        """A ticket when the candidate may get this request now; checked in order: shutdown,
+        the breaker, the in-flight bound, the rate limit. Refusals are counted by reason."""
         if self._closing:
             self._count_skip(SkipReason.SHUTDOWN)
             return None
+        breaker = self._breaker
+        admission = breaker.allow() if breaker is not None else None
+        if breaker is not None and admission is None:
+            self._count_skip(SkipReason.BREAKER)
+            return None
+        refused: SkipReason | None = None
         if self._in_flight >= self._max_in_flight:
-            self._count_skip(SkipReason.IN_FLIGHT)
+            refused = SkipReason.IN_FLIGHT
+        elif self._bucket is not None and not self._bucket.take():
+            refused = SkipReason.RATE_LIMIT
+        if refused is not None:
+            if breaker is not None and admission is not None:
+                breaker.release(admission)
+            self._count_skip(refused)
             return None
         self._in_flight += 1
         self._metrics.in_flight.set(self._in_flight)
@@ -164,6 +294,10 @@ class MirrorDispatcher:
             endpoint=endpoint,
             client_ip=client_ip,
             upstream_headers=upstream_headers,
+            edit=edit,
+            admission=(
+                (breaker, admission) if breaker is not None and admission is not None else None
+            ),
         )
 
     def _count_skip(self, reason: SkipReason) -> None:
@@ -190,21 +324,29 @@ class MirrorDispatcher:
             self._count_skip(SkipReason.SHUTDOWN)
             raise
         finally:
+            ticket.settle(None)  # cancelled before the candidate answered
             self._release()
 
     async def _mirror(
         self, ticket: MirrorTicket, request: RequestSnapshot, headers: CIMultiDict[str]
     ) -> None:
         backend = self._candidate
+        # The candidate's own copy: the primary's headers are never changed.
+        candidate_headers = mirror_request_headers(headers, backend.host)
+        path = request.path
+        if ticket.edit is not None:
+            ticket.edit.apply_headers(candidate_headers)
+            path = ticket.edit.path(path)
         candidate = await fetch(
             self._candidate_session,
-            target_url(backend, request.path),
+            target_url(backend, path),
             method=request.method,
-            headers=mirror_request_headers(headers, backend.host),
+            headers=candidate_headers,
             body=request.body,
             deadline=backend.timeout,
             capture_bytes=self._capture_bytes,
         )
+        ticket.settle(candidate_healthy(candidate))
         primary = await ticket.primary_response()
         if primary is None:
             return  # abandoned by the primary path and counted there
