@@ -55,6 +55,7 @@ class Proxy:
         admin_socket: socket.socket | None = None,
         serve_admin: bool = True,
         worker: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -62,6 +63,8 @@ class Proxy:
         self._admin_socket = admin_socket
         self._serve_admin = serve_admin
         self.worker = worker
+        self.workers = workers
+        """Processes sharing the port; per-process bounds such as max_rps are divided by it."""
         self.metrics = Metrics()
         self.redactor = Redactor(config.log.redact)
         self.live = LiveView()
@@ -88,7 +91,7 @@ class Proxy:
         self.writer.start()
         self.primary_session = make_session(config.primary, stream_timeout=True)
         self.candidate_session = make_session(config.candidate, stream_timeout=False)
-        self.comparer = Comparer(config.diff)
+        self.comparer = Comparer(config.effective_diff())
         await self.comparer.start()
         self.dispatcher = MirrorDispatcher(
             config,
@@ -96,6 +99,7 @@ class Proxy:
             compare=self.comparer.compare,
             metrics=self.metrics,
             sinks=[self._record],
+            workers=self.workers,
         )
         self.primary_path = PrimaryPath(
             config, session=self.primary_session, mirror=self.dispatcher, metrics=self.metrics
@@ -171,7 +175,7 @@ class Proxy:
         self.redactor = Redactor(new.log.redact)
         self.primary_path.configure(new)
         self.dispatcher.configure(new)
-        self.comparer.update(new.diff)
+        self.comparer.update(new.effective_diff())
         self.writer.reopen()
         self.metrics.reloads.labels("ok").inc()
         self.writer.event(
@@ -209,6 +213,7 @@ async def serve(
     config_path: Path | None = None,
     *,
     worker: int | None = None,
+    workers: int = 1,
     listen_port: int | None = None,
     ready_fd: int | None = None,
 ) -> None:
@@ -227,6 +232,7 @@ async def serve(
         proxy_socket=proxy_socket,
         serve_admin=worker is None,
         worker=worker,
+        workers=workers,
     )
     await proxy.start()
     if ready_fd is not None:

@@ -80,7 +80,8 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         command = [
             sys.executable, "-m", "shadowproxy", "run", "--config", str(self.config_path),
-            "--workers", "1", "--worker-index", str(index), "--listen-port", str(self._port),
+            "--workers", str(self.count), "--worker-index", str(index),
+            "--listen-port", str(self._port),
             "--ready-fd", str(write_fd),
         ]  # fmt: skip
         process = await asyncio.create_subprocess_exec(

@@ -312,3 +312,20 @@ async def test_probe_answered_early_by_the_primary_passes_its_turn(
     await proxy.proxy.dispatcher.idle()
     assert [s.raw_path for s in candidate.seen] == ["/a", "/b"]
     assert metric(proxy, "shadowproxy_breaker_open 0.0")
+
+
+async def test_rule_diff_overrides_reach_the_comparison(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler({"id": 1, "ts": "10:00"}))
+    candidate = await serve(json_handler({"id": 1, "ts": "11:00"}))
+    proxy = await make_proxy(
+        primary.url,
+        candidate.url,
+        mirror={"rules": [{"match": "GET /orders/{id}", "diff": {"ignore": ["/ts"]}}]},
+    )
+    for path in ("/orders/1", "/other/1"):
+        async with client.get(proxy.url + path):
+            pass
+    outcomes = {r["path"]: r["outcome"] for r in await proxy.records()}
+    assert outcomes == {"/orders/1": "match", "/other/1": "mismatch"}
