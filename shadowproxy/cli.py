@@ -142,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_optional(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands that live in their own packages register themselves here."""
     from shadowproxy.report.cli import register as register_report
+    from shadowproxy.suggest import register as register_suggest
 
     register_report(commands)
+    register_suggest(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

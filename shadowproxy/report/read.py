@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Protocol, cast
 import orjson
 import zstandard
 
-from shadowproxy.report.aggregate import EXCHANGE_EVENT, Aggregator
+from shadowproxy.report.aggregate import EXCHANGE_EVENT, Aggregator, InputCounts
 
 STDIN = "-"
 CHUNK_BYTES = 1 << 20
@@ -33,6 +33,14 @@ RecordPredicate = Callable[[Mapping[str, Any]], bool]
 
 class ByteStream(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+class RecordSink(Protocol):
+    """What lines are fed into: the ``Aggregator``, or another pass over the same records."""
+
+    counts: InputCounts
+
+    def add(self, record: Mapping[str, Any], /) -> bool: ...
 
 
 class ReportInputError(Exception):
@@ -97,7 +105,7 @@ def iter_lines(stream: ByteStream) -> Iterator[bytes]:
 
 
 def feed(
-    aggregator: Aggregator,
+    aggregator: RecordSink,
     lines: Iterator[bytes],
     record_filter: RecordPredicate | None = None,
     source: str = "",
@@ -138,13 +146,20 @@ def read_logs(
 ) -> Aggregator:
     """Every record of every named log, merged; ReportInputError when one cannot be read."""
     aggregator = aggregator or Aggregator()
+    read_into(aggregator, names, record_filter)
+    return aggregator
+
+
+def read_into(
+    sink: RecordSink, names: Sequence[str], record_filter: RecordPredicate | None = None
+) -> None:
+    """Feed every record of every named log to ``sink``; ReportInputError as ``read_logs``."""
     for name in expand_sources(names):
         label = "stdin" if name == STDIN else name
         try:
             with open_source(name) as stream:
-                feed(aggregator, iter_lines(stream), record_filter, label)
+                feed(sink, iter_lines(stream), record_filter, label)
         except ReportInputError:
             raise
         except (OSError, EOFError, zlib.error, zstandard.ZstdError) as error:
             raise ReportInputError(f"{label}: cannot read: {error}") from None
-    return aggregator
