@@ -622,6 +622,25 @@ class CaptureConfig(Model):
     """Seconds between writes of buffered lines."""
 
 
+# --- client limits ------------------------------------------------------------------------
+
+
+class LimitsConfig(Model):
+    """Bounds on what clients may send and how long they may take; enforced on the proxy
+    listener before anything reaches the primary."""
+
+    header_timeout: Seconds = 10.0
+    """Seconds from the first byte of a request head to its end; a client that trickles its
+    headers in (slowloris) gets 408 and is cut off."""
+    idle_timeout: Seconds = 75.0
+    """Seconds a connection may sit idle (before its first request or between two) before the
+    proxy closes it. Keep it above the idle timeout of a load balancer in front."""
+    max_header_size: Annotated[int, BeforeValidator(_parse_size), Field(ge=KIB, le=MIB)] = 8190
+    """The request line and each header field (name and value) at most; larger: 431."""
+    max_headers: Annotated[int, Field(ge=1, le=10_000)] = 100
+    """Header fields per request at most; more: 431."""
+
+
 # --- the whole file -------------------------------------------------------------------------
 
 
@@ -644,6 +663,7 @@ class Config(Model):
     mirror: MirrorConfig = Field(default_factory=MirrorConfig)
     diff: DiffConfig = Field(default_factory=DiffConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     capture: CaptureConfig | None = None
     """Sampled exchanges written for ``shadowproxy replay``; unset: nothing is captured."""
     max_request_body_bytes: Bytes | None = None

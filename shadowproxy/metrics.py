@@ -56,6 +56,11 @@ class Metrics:
         self.log_lost = Counter(
             "shadowproxy_log_records_lost", "Records the log could not write.", registry=r
         )
+        self.rejected = Counter(
+            "shadowproxy_client_rejected",
+            "Client requests the proxy answered itself without forwarding, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.reloads = Counter(
             "shadowproxy_config_reloads", "Config reloads by result.", ["result"], registry=r
         )

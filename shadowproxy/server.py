@@ -19,6 +19,7 @@ from shadowproxy.compare.model import Comparison
 from shadowproxy.config import Config, ConfigError, HostPort, load_config
 from shadowproxy.exchange import Exchange
 from shadowproxy.forward import PrimaryPath
+from shadowproxy.guard import GuardedServer
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher
 from shadowproxy.record import LogWriter, build_record, outcome_of
@@ -105,9 +106,14 @@ class Proxy:
             config, session=self.primary_session, mirror=self.dispatcher, metrics=self.metrics
         )
 
-        server = web.Server(self.primary_path.handle, auto_decompress=False)
+        self.proxy_server = GuardedServer(
+            self.primary_path.handle,
+            limits=config.limits,
+            metrics=self.metrics,
+            auto_decompress=False,
+        )
         proxy_runner = web.ServerRunner(
-            server, shutdown_timeout=config.shutdown_timeout, access_log=None
+            self.proxy_server, shutdown_timeout=config.shutdown_timeout, access_log=None
         )
         await proxy_runner.setup()
         self._runners.append(proxy_runner)
@@ -174,6 +180,7 @@ class Proxy:
         self.config = new
         self.redactor = Redactor(new.log.redact)
         self.primary_path.configure(new)
+        self.proxy_server.configure(new.limits)
         self.dispatcher.configure(new)
         self.comparer.update(new.effective_diff())
         self.writer.reopen()
