@@ -141,11 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands that live in their own packages register themselves here."""
+    from shadowproxy.capture import register as register_capture
+    from shadowproxy.replay.cli import register as register_replay
     from shadowproxy.report.cli import register as register_report
     from shadowproxy.suggest import register as register_suggest
 
     register_report(commands)
     register_suggest(commands)
+    register_capture(commands)
+    register_replay(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from shadowproxy import oplog
+from shadowproxy.capture import CaptureSink, Recording
 from shadowproxy.config import Config
 from shadowproxy.endpoints import endpoint_of
 from shadowproxy.exchange import Response
@@ -90,9 +91,11 @@ class PrimaryPath:
         session: aiohttp.ClientSession,
         mirror: MirrorDispatcher,
         metrics: Metrics,
+        capture: CaptureSink | None = None,
     ) -> None:
         self._session = session
         self._mirror = mirror
+        self._capture = capture
         self._metrics = metrics
         self._log = oplog.get()
         self.configure(config)
@@ -118,8 +121,9 @@ class PrimaryPath:
             request.headers, client_ip=client_ip, scheme=request.scheme, request_id=request_id
         )
         ticket = self._admit(request, request_id, client_ip, headers, content_length)
+        recording = self._record(request, request_id, headers)
         try:
-            return await self._forward(request, request_id, headers, ticket)
+            return await self._forward(request, request_id, headers, ticket, recording)
         finally:
             if ticket is not None:
                 ticket.abandon(SkipReason.CLIENT_ABORTED)
@@ -153,17 +157,34 @@ class PrimaryPath:
             edit=decision.edit,
         )
 
+    def _record(
+        self, request: web.BaseRequest, request_id: str, headers: CIMultiDict[str]
+    ) -> Recording | None:
+        """A recording of this exchange when the capture samples it; independent of mirroring."""
+        if self._capture is None:
+            return None
+        version = request.version
+        return self._capture.begin(
+            request_id=request_id,
+            method=request.method,
+            raw_path=request.raw_path,
+            scheme=request.scheme,
+            http_version=f"HTTP/{version.major}.{version.minor}",
+            headers=tuple(headers.items()),
+        )
+
     async def _forward(
         self,
         request: web.BaseRequest,
         request_id: str,
         headers: CIMultiDict[str],
         ticket: MirrorTicket | None,
+        recording: Recording | None = None,
     ) -> web.StreamResponse:
         config = self._config
         data: AsyncIterator[bytes] | None = None
         if request.body_exists:
-            data = self._request_body(request, ticket)
+            data = self._request_body(request, ticket, recording)
         elif ticket is not None:
             ticket.request_complete(b"")
 
@@ -182,12 +203,15 @@ class PrimaryPath:
             return self._primary_failed(error, request, request_id)
 
         try:
-            return await self._answer(request, upstream, ticket, started)
+            return await self._answer(request, upstream, ticket, started, recording)
         finally:
             upstream.release()
 
     async def _request_body(
-        self, request: web.BaseRequest, ticket: MirrorTicket | None
+        self,
+        request: web.BaseRequest,
+        ticket: MirrorTicket | None,
+        recording: Recording | None = None,
     ) -> AsyncIterator[bytes]:
         """Stream the client's body upstream; keep a copy for the mirror while it fits."""
         copy = Capture(self._config.mirror.max_body_bytes) if ticket is not None else None
@@ -202,6 +226,8 @@ class PrimaryPath:
                 if copy.overflowed and ticket is not None:
                     ticket.abandon(SkipReason.BODY_SIZE)
                     copy = None
+            if recording is not None:
+                recording.request_chunk(chunk)
             yield chunk
         if copy is not None and ticket is not None:
             ticket.request_complete(copy.body())
@@ -212,6 +238,7 @@ class PrimaryPath:
         upstream: aiohttp.ClientResponse,
         ticket: MirrorTicket | None,
         started: float,
+        recording: Recording | None = None,
     ) -> web.StreamResponse:
         response = PassthroughResponse(
             status=upstream.status,
@@ -224,6 +251,8 @@ class PrimaryPath:
             async for chunk in upstream.content.iter_any():
                 if capture is not None:
                     capture.add(chunk)
+                if recording is not None:
+                    recording.response_chunk(chunk)
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as error:
             # The primary broke off mid-body. The client must see a broken response, not a
@@ -239,6 +268,10 @@ class PrimaryPath:
             return response
         await response.write_eof()
         self._metrics.requests.labels(str(upstream.status)).inc()
+        if recording is not None:
+            recording.complete(
+                upstream.status, upstream.reason or "", tuple(upstream.headers.items())
+            )
         if ticket is not None and capture is not None:
             ticket.primary_complete(
                 Response(

@@ -64,6 +64,11 @@ class Metrics:
         self.reloads = Counter(
             "shadowproxy_config_reloads", "Config reloads by result.", ["result"], registry=r
         )
+        self.captured = Counter(
+            "shadowproxy_capture_exchanges",
+            "Exchanges captured for replay, by result: written, dropped (buffer full), lost.",
+            ["result"], registry=r,
+        )  # fmt: skip
         self._endpoints: set[str] = set()
 
     def endpoint_label(self, endpoint: str) -> str:

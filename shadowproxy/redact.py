@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from shadowproxy.compare.paths import PathMatcher, PathRule, State, matches
-from shadowproxy.compare.pointer import split
+from shadowproxy.compare.pointer import escape, split
 from shadowproxy.headers import REDACTED
 
 
@@ -31,6 +31,14 @@ class Redactor:
             return value
         state = matches(self._matcher, split(pointer))
         return _walk(state, value)
+
+    def document(self, value: Any) -> tuple[Any, list[str]]:
+        """A whole body's value with its secrets replaced, and the pointers replaced there
+        (for the capture, which must say where a recorded body no longer holds the original)."""
+        if self._matcher is None:
+            return value, []
+        found: list[str] = []
+        return _walk_listing(self._matcher.start, value, "", found), found
 
     def differences(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Recorded differences (as dicts) with body values redacted."""
@@ -57,4 +65,22 @@ def _walk(state: State | None, value: Any) -> Any:
         return {k: _walk(state.step(k), v) for k, v in value.items()}
     if isinstance(value, list):
         return [_walk(state.step(i), v) for i, v in enumerate(value)]
+    return value
+
+
+def _walk_listing(state: State | None, value: Any, pointer: str, found: list[str]) -> Any:
+    if state is None:
+        return value
+    if state.ignored:
+        found.append(pointer)
+        return REDACTED
+    if isinstance(value, dict):
+        return {
+            k: _walk_listing(state.step(k), v, f"{pointer}/{escape(k)}", found)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _walk_listing(state.step(i), v, f"{pointer}/{i}", found) for i, v in enumerate(value)
+        ]
     return value

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from shadowproxy import oplog
 from shadowproxy.admin import LiveReport, build_admin_app
+from shadowproxy.capture import CaptureSink, worker_path
 from shadowproxy.compare import Comparer
 from shadowproxy.compare.model import Comparison
 from shadowproxy.config import Config, ConfigError, HostPort, load_config
@@ -102,8 +103,13 @@ class Proxy:
             sinks=[self._record],
             workers=self.workers,
         )
+        self.capture = self._open_capture(config)
         self.primary_path = PrimaryPath(
-            config, session=self.primary_session, mirror=self.dispatcher, metrics=self.metrics
+            config,
+            session=self.primary_session,
+            mirror=self.dispatcher,
+            metrics=self.metrics,
+            capture=self.capture,
         )
 
         self.proxy_server = GuardedServer(
@@ -135,6 +141,19 @@ class Proxy:
             config_digest=config.digest(),
             pid=os.getpid(),
         )
+
+    def _open_capture(self, config: Config) -> CaptureSink | None:
+        if config.capture is None:
+            return None
+        capture = CaptureSink(
+            config.capture,
+            config.log.redact,
+            path=worker_path(config.capture.path, self.worker),
+            on_result=lambda result, count: self.metrics.captured.labels(result).inc(count),
+            oplog=self.log,
+        )
+        capture.start()
+        return capture
 
     async def _start_admin(self) -> None:
         admin_app = build_admin_app(
@@ -203,12 +222,14 @@ class Proxy:
         await self.comparer.close()
         await self.primary_session.close()
         await self.candidate_session.close()
+        if self.capture is not None:
+            await self.capture.close()
         self.log.info("stopped", mirrors_cancelled=cancelled, log_records_lost=self.writer.lost)
         await self.writer.close()
 
 
 def _restart_only_changes(old: Config, new: Config) -> list[str]:
-    keys = ("listen", "admin", "primary", "candidate")
+    keys = ("listen", "admin", "primary", "candidate", "capture")
     changed = [k for k in keys if getattr(old, k) != getattr(new, k)]
     if old.log.path != new.log.path:
         changed.append("log.path")

@@ -90,6 +90,48 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def add_bar_options(parser: argparse.ArgumentParser) -> None:
+    """The bars of ``verdict``; ``shadowproxy replay --verdict`` takes the same ones."""
+    parser.add_argument(
+        "--max-mismatch-rate",
+        type=_fraction,
+        metavar="RATE",
+        help="highest share of mismatching exchanges, e.g. 0.001",
+    )
+    parser.add_argument(
+        "--max-error-rate",
+        type=_fraction,
+        metavar="RATE",
+        help="highest share of exchanges the candidate failed (timeout, refused, ...)",
+    )
+    parser.add_argument(
+        "--max-p99-latency-ratio",
+        type=_positive_float,
+        metavar="RATIO",
+        help="highest candidate p99 latency over primary p99 latency, e.g. 1.2",
+    )
+    parser.add_argument(
+        "--min-samples",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="exchanges needed overall (else exit 2) and per endpoint (else it is skipped)",
+    )
+
+
+def bars_of(args: argparse.Namespace) -> Bars:
+    """The bars given by `add_bar_options`' flags."""
+    return Bars(
+        max_mismatch_rate=args.max_mismatch_rate,
+        max_error_rate=args.max_error_rate,
+        max_p99_latency_ratio=args.max_p99_latency_ratio,
+        min_samples=args.min_samples,
+    )
+
+
+NO_BARS = "give at least one bar: --max-mismatch-rate, --max-error-rate or --max-p99-latency-ratio"
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``report`` and ``verdict`` subcommands."""
     report = subparsers.add_parser(
@@ -117,31 +159,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "0 pass, 1 fail, 2 not enough data or unreadable input.",
     )
     _add_input_options(verdict)
-    verdict.add_argument(
-        "--max-mismatch-rate",
-        type=_fraction,
-        metavar="RATE",
-        help="highest share of mismatching exchanges, e.g. 0.001",
-    )
-    verdict.add_argument(
-        "--max-error-rate",
-        type=_fraction,
-        metavar="RATE",
-        help="highest share of exchanges the candidate failed (timeout, refused, ...)",
-    )
-    verdict.add_argument(
-        "--max-p99-latency-ratio",
-        type=_positive_float,
-        metavar="RATIO",
-        help="highest candidate p99 latency over primary p99 latency, e.g. 1.2",
-    )
-    verdict.add_argument(
-        "--min-samples",
-        type=_count,
-        default=1,
-        metavar="N",
-        help="exchanges needed overall (else exit 2) and per endpoint (else it is skipped)",
-    )
+    add_bar_options(verdict)
     verdict.set_defaults(func=run_verdict)
 
 
@@ -208,18 +226,9 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_verdict(args: argparse.Namespace) -> int:
-    bars = Bars(
-        max_mismatch_rate=args.max_mismatch_rate,
-        max_error_rate=args.max_error_rate,
-        max_p99_latency_ratio=args.max_p99_latency_ratio,
-        min_samples=args.min_samples,
-    )
+    bars = bars_of(args)
     if not bars.any:
-        print(
-            "shadowproxy verdict: error: give at least one bar: --max-mismatch-rate, "
-            "--max-error-rate or --max-p99-latency-ratio",
-            file=sys.stderr,
-        )
+        print(f"shadowproxy verdict: error: {NO_BARS}", file=sys.stderr)
         return EXIT_INSUFFICIENT
     summary = _summary(args, "verdict")
     if summary is None:
