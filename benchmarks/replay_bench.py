@@ -6,10 +6,12 @@
 
 A capture of JSON GET exchanges is generated in a temporary directory; a minimal keep-alive
 HTTP server (its own process, so it does not share the replay's core) answers every request
-with the recorded body, so every exchange is compared in full and matches. The replay runs
-as the real command (``python -m shadowproxy replay``) writing its log to a file. Reported:
-requests per second over the replay itself (from the command's summary line), the wall time
-of the whole command, its peak RSS. ``--check`` exits 1 below ``TARGET_RPS``.
+with the recorded body, so every exchange is compared in full and matches. ``--mismatch``
+changes one field, so every exchange goes through the diff engine and logs a difference.
+The replay runs as the real command (``python -m shadowproxy replay``) writing its log to a
+file. Reported: requests per second over the replay itself (from the command's summary
+line), the wall time of the whole command, its peak RSS. ``--check`` exits 1 below
+``TARGET_RPS``.
 """
 
 from __future__ import annotations
@@ -39,16 +41,18 @@ TARGET_RPS = 2000.0
 BODY = orjson.dumps(
     {"id": 42, "name": "widget", "price": 19.99, "tags": ["a", "b", "c"], "stock": {"eu": 3}}
 )
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-    + str(len(BODY)).encode()
-    + b"\r\n\r\n"
-    + BODY
-)
+CHANGED = BODY.replace(b"19.99", b"21.99")
+
+
+def http_response(body: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+    return head + str(len(body)).encode() + b"\r\n\r\n" + body
 
 
 class _Answer(asyncio.Protocol):
     """Answers each request head (bodiless GETs) with the same response, keeping alive."""
+
+    response = http_response(BODY)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -59,10 +63,11 @@ class _Answer(asyncio.Protocol):
         count = self.buffer.count(b"\r\n\r\n")
         if count:
             self.buffer = self.buffer[self.buffer.rfind(b"\r\n\r\n") + 4 :]
-            self.transport.write(RESPONSE * count)
+            self.transport.write(self.response * count)
 
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock: socket.socket, body: bytes) -> None:
+    _Answer.response = http_response(body)
     try:
         import uvloop
 
@@ -113,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REQUESTS:,} requests")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--check", action="store_true", help=f"exit 1 below {TARGET_RPS:g}/s")
+    parser.add_argument(
+        "--mismatch",
+        action="store_true",
+        help="the backend changes one field, so every exchange is diffed and logged in full",
+    )
+    parser.add_argument(
+        "--verdict", action="store_true", help="judge the run too (--verdict with one bar)"
+    )
     args = parser.parse_args(argv)
     requests = args.requests or (QUICK_REQUESTS if args.quick else FULL_REQUESTS)
 
@@ -121,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     port = sock.getsockname()[1]
-    server = multiprocessing.get_context("fork").Process(target=_serve, args=(sock,), daemon=True)
+    server = multiprocessing.get_context("fork").Process(
+        target=_serve, args=(sock, CHANGED if args.mismatch else BODY), daemon=True
+    )
     server.start()
     sock.close()
     try:
@@ -141,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--concurrency", str(args.concurrency),
                 "--log", str(Path(tmp) / "log.jsonl"),
                 "--no-progress",
+                *(("--verdict", "--max-mismatch-rate", "0.01") if args.verdict else ()),
             ]  # fmt: skip
             started = time.perf_counter()
             result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -149,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             if result.returncode != 0:
                 print(result.stderr, file=sys.stderr)
                 return 2
-            summary = result.stderr.strip().splitlines()[-1]
+            summary = next(line for line in result.stderr.splitlines() if " compared in " in line)
             print(summary)
             match = re.search(r"\(([\d,]+) req/s\)", summary)
             rps = float(match.group(1).replace(",", "")) if match else requests / wall
