@@ -47,6 +47,7 @@ class Skip:
     NO_RESPONSE = "no recorded response to compare with"
     PRIMARY_FAILED = "the primary failed"
     COMPARE = "comparison skipped"
+    FAILED = "could not be replayed"
 
 
 class Pacer:
@@ -246,7 +247,7 @@ class Replayer:
                             break
                 await slots.acquire()
                 stats.sent += 1
-                task = loop.create_task(self._one(recorded))
+                task = loop.create_task(self._guarded(recorded))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _: slots.release())
@@ -305,6 +306,13 @@ class Replayer:
             capture_bytes=self._diff.max_body_bytes,
             options=request_options(backend),
         )
+
+    async def _guarded(self, recorded: Recorded) -> None:
+        """One exchange; a failure of ours costs that exchange (counted), not the replay."""
+        try:
+            await self._one(recorded)
+        except Exception as error:
+            self.stats.skipped[f"{Skip.FAILED} ({type(error).__name__}: {error})"] += 1
 
     async def _one(self, recorded: Recorded) -> None:
         targets = self.targets
