@@ -60,8 +60,38 @@ DEFAULT_IGNORE_HEADERS = (
     "x-shadow-request",
 )
 
+# Query parameters whose values never reach the log: credentials that clients put in URLs.
+DEFAULT_REDACT_QUERY = (
+    "access_token",
+    "api_key",
+    "apikey",
+    "auth",
+    "client_secret",
+    "code",
+    "id_token",
+    "key",
+    "password",
+    "refresh_token",
+    "secret",
+    "sig",
+    "signature",
+    "token",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-amz-signature",
+)
+
 # Header values that never reach the log, the capture files or the admin endpoints.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+_SECRET_NAME_PARTS = ("auth", "token", "key", "secret", "password", "signature", "session")
+
+
+def _secret_header(name: str) -> bool:
+    """Headers whose values are treated as secrets where the config is shown."""
+    lowered = name.lower()
+    return lowered in SECRET_HEADERS or any(part in lowered for part in _SECRET_NAME_PARTS)
 
 
 class ConfigError(Exception):
@@ -544,7 +574,18 @@ class LogConfig(Model):
     """A file, or ``-`` for standard output."""
     redact: list[PointerPattern] = Field(default_factory=list)
     """Body fields whose values are replaced with "[redacted]" in logged values."""
+    redact_query: Annotated[list[QueryName], AfterValidator(_lower_all)] = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_QUERY)
+    )
+    """Query parameters whose values are replaced with "[redacted]" in the logged ``path``
+    (and in error details), compared case-insensitively. Setting it replaces the list."""
     flush_interval: Annotated[float, Field(gt=0)] = 0.2
+    max_bytes: Annotated[int, BeforeValidator(_parse_size), Field(ge=KIB)] | None = None
+    """Rotate the file before it would grow past this size: it becomes ``PATH.1``, older
+    ones ``PATH.2`` and so on. Safe with several worker processes. Unset: never rotated here
+    (rotate with logrotate and SIGHUP instead)."""
+    backups: Annotated[int, Field(ge=0, le=1000)] = 5
+    """Rotated files kept, ``PATH.1`` (newest) to ``PATH.N``; 0 keeps none."""
 
 
 # --- noise ----------------------------------------------------------------------------------
@@ -708,7 +749,9 @@ class Config(Model):
         return self.diff.model_copy(update={"endpoints": [*from_rules, *self.diff.endpoints]})
 
     def redacted(self) -> dict[str, Any]:
-        """The active config as served by the admin listener: URLs stripped of credentials."""
+        """The active config as served by the admin listener: URLs stripped of credentials,
+        and the values of secret-looking headers and query parameters that mirror rules set
+        or match on (``Authorization``, ``X-Api-Key``, ``token``...) replaced."""
         data = self.model_dump(mode="json")
         if data.get("admin_token"):
             data["admin_token"] = "[redacted]"
@@ -716,6 +759,23 @@ class Config(Model):
             backend = data.get(name)
             if isinstance(backend, dict) and isinstance(backend.get("url"), str):
                 backend["url"] = re.sub(r"//[^/@]*@", "//[redacted]@", backend["url"])
+        query_secrets = set(self.log.redact_query)
+        for rule in data.get("mirror", {}).get("rules", []):
+            changes: dict[str, Any] = rule.get("headers") or {}
+            conditions: dict[str, Any] = rule.get("when") or {}
+            shown: list[dict[str, Any]] = [
+                values
+                for values in (changes.get("set"), changes.get("add"), conditions.get("header"))
+                if values
+            ]
+            for values in shown:
+                for header in values:
+                    if _secret_header(header):
+                        values[header] = "[redacted]"
+            query: dict[str, Any] = conditions.get("query") or {}
+            for parameter in query:
+                if parameter.lower() in query_secrets:
+                    query[parameter] = "[redacted]"
         return data
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
+import re
+import stat
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +25,7 @@ import orjson
 import structlog
 
 from shadowproxy.compare.model import Comparison, Difference, Where
-from shadowproxy.config import SECRET_HEADERS, LogConfig
+from shadowproxy.config import DEFAULT_REDACT_QUERY, SECRET_HEADERS, LogConfig
 from shadowproxy.exchange import Exchange, Failure, Outcome, Response
 from shadowproxy.headers import REDACTED
 from shadowproxy.redact import Redactor
@@ -32,16 +35,40 @@ EXCHANGE_EVENT = "exchange"
 FLUSH_BYTES = 256 * 1024
 # Lost records are reported at most this often in the operational log.
 LOSS_REPORT_INTERVAL = 60.0
+# A log file that cannot be opened (its directory gone, no permission) is tried again this often.
+REOPEN_INTERVAL = 1.0
 
 
-def _side(result: Response | Failure) -> dict[str, Any]:
+class QueryRedactor:
+    """Replaces the values of named query parameters with ``[redacted]``, in a request path
+    (``/login?user=ada&token=[redacted]``) and in text that quotes a URL, such as an error
+    message. Names are compared case-insensitively; the rest of the text stays as it was."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        alternatives = "|".join(re.escape(n) for n in sorted({n.lower() for n in names}))
+        self._pattern = (
+            re.compile(rf"(?<=[?&;])({alternatives})=[^&#;\s'\"<>)]*", re.IGNORECASE)
+            if alternatives
+            else None
+        )
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None or "=" not in text:
+            return text
+        return self._pattern.sub(rf"\1={REDACTED}", text)
+
+
+DEFAULT_QUERY_REDACTOR = QueryRedactor(DEFAULT_REDACT_QUERY)
+
+
+def _side(result: Response | Failure, query: QueryRedactor) -> dict[str, Any]:
     if isinstance(result, Failure):
         return {
             "status": None,
             "latency_ms": round(result.latency_ms, 3),
             "bytes": 0,
             "error": result.kind.value,
-            "detail": result.detail,
+            "detail": query(result.detail),
         }
     return {
         "status": result.status,
@@ -76,22 +103,26 @@ def build_record(
     *,
     noise: Sequence[Difference] = (),
     redactor: Redactor | None = None,
+    query: QueryRedactor = DEFAULT_QUERY_REDACTOR,
 ) -> dict[str, Any]:
-    """The log line for one exchange; ``comparison`` is None when the candidate failed."""
+    """The log line for one exchange; ``comparison`` is None when the candidate failed.
+
+    ``redactor`` hides body fields (``log.redact``), ``query`` query values
+    (``log.redact_query``) in the path and in error details."""
     request = exchange.request
     record: dict[str, Any] = {
         "ts": datetime.fromtimestamp(exchange.started_at, UTC).isoformat().replace("+00:00", "Z"),
         "event": EXCHANGE_EVENT,
         "id": request.id,
         "method": request.method,
-        "path": request.path,
+        "path": query(request.path),
         "endpoint": exchange.endpoint,
         "outcome": outcome_of(exchange.candidate, comparison).value,
-        "primary": _side(exchange.primary),
-        "candidate": _side(exchange.candidate),
+        "primary": _side(exchange.primary, query),
+        "candidate": _side(exchange.candidate, query),
     }
     if exchange.secondary is not None:
-        record["secondary"] = _side(exchange.secondary)
+        record["secondary"] = _side(exchange.secondary, query)
     if comparison is not None:
         record["differences"] = _recorded(comparison.differences, redactor)
         record["difference_count"] = comparison.total
@@ -140,15 +171,27 @@ class LogWriter:
 
     The file is opened with O_APPEND and every write holds whole lines only, so several
     worker processes can share one file without interleaving, and a crash never leaves
-    half an object behind. When the disk is full or the file unwritable the proxy goes on
-    serving; lost records are counted and reported once a minute.
+    half an object behind. When the disk is full or the file unwritable (or cannot be opened
+    at all) the proxy goes on serving; lost records are counted and reported at most once a
+    minute, and a file that could not be opened is tried again every second.
+
+    With ``max_bytes`` the file is rotated before a batch would take it past that size. Every
+    process sharing the file checks its size before each write; the one that finds it full
+    takes an exclusive, non-blocking ``flock`` on it, renames the files (``PATH`` becomes
+    ``PATH.1``) only while ``PATH`` is still the file it holds, and reopens ``PATH`` by name.
+    The others find the same file full, see it renamed already, and just reopen. A batch
+    written in between lands at the end of ``PATH.1``: whole lines, nothing lost.
     """
 
     def __init__(self, config: LogConfig, on_lost: Any = None, oplog: Any = None) -> None:
         self._path = config.path
         self._interval = config.flush_interval
+        self._max_bytes = config.max_bytes if config.path != "-" else None
+        self._backups = config.backups
         self._fd: int | None = None
         self._owns_fd = False
+        self._open_failed_at: float | None = None
+        self._rotation_paused_until = 0.0
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._pending_records = 0
@@ -172,16 +215,45 @@ class LogWriter:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             self._fd, self._owns_fd = os.open(self._path, flags, 0o640), True
 
+    def _try_open(self) -> bool:
+        """Open the file; on failure say so (once until it works again) and carry on."""
+        try:
+            self.open()
+        except OSError as error:
+            if self._open_failed_at is None and self._oplog is not None:
+                self._oplog.error(
+                    "log_open_failed",
+                    path=self._path,
+                    error=error.strerror or str(error),
+                    detail="records are counted as lost until the file can be opened",
+                )
+            self._open_failed_at = time.monotonic()
+            return False
+        if self._open_failed_at is not None and self._oplog is not None:
+            self._oplog.info("log_reopened", path=self._path)
+        self._open_failed_at = None
+        return True
+
+    def _retry_open(self) -> None:
+        failed_at = self._open_failed_at
+        if failed_at is not None and time.monotonic() - failed_at >= REOPEN_INTERVAL:
+            self._try_open()
+
+    def _close_fd(self) -> None:
+        if self._owns_fd and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+
     def reopen(self) -> None:
         """Reopen the file by name, for logrotate's move-then-signal rotation."""
         self.flush()
-        if self._owns_fd and self._fd is not None:
-            os.close(self._fd)
-        self.open()
+        self._close_fd()
+        self._try_open()
 
     def start(self) -> None:
         if self._fd is None:
-            self.open()
+            self._try_open()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
 
     def write(self, record: dict[str, Any]) -> None:
@@ -209,7 +281,12 @@ class LogWriter:
         self._buffer.clear()
         self._buffered = self._pending_records = 0
         if self._fd is None:
+            self._retry_open()
+        if self._fd is None:
             self._count_lost(records, "log not open")
+            return
+        if self._max_bytes is not None and not self._rotate_if_full(len(data)):
+            self._count_lost(records, "log not open after rotation")
             return
         try:
             written = os.write(self._fd, data)
@@ -221,6 +298,58 @@ class LogWriter:
         except OSError as error:
             reason = "disk full" if error.errno == errno.ENOSPC else error.strerror
             self._count_lost(records, reason or "write failed")
+
+    def _rotate_if_full(self, incoming: int) -> bool:
+        """Rotate when ``incoming`` more bytes would take the file past ``max_bytes``;
+        False when no file is open afterwards."""
+        assert self._fd is not None
+        assert self._max_bytes is not None
+        try:
+            held = os.fstat(self._fd)
+        except OSError:
+            return True
+        if not stat.S_ISREG(held.st_mode) or held.st_size == 0:
+            return True  # a device or pipe; or an empty file, which a batch may overfill alone
+        if held.st_size + incoming <= self._max_bytes:
+            return True
+        if time.monotonic() < self._rotation_paused_until:
+            return True
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True  # another process is rotating it right now; write on, look next time
+        try:
+            try:
+                named = os.stat(self._path)
+            except FileNotFoundError:
+                named = None  # renamed by another process, not yet created again
+            if named is not None and os.path.samestat(named, held):
+                self._shift_backups(held.st_size)
+        finally:
+            self._close_fd()  # closing releases the lock
+        return self._try_open()
+
+    def _shift_backups(self, size: int) -> None:
+        """PATH.N-1 becomes PATH.N (the oldest goes), ..., PATH becomes PATH.1. On failure the
+        file is written on, past its size, and rotation is tried again after a while."""
+        try:
+            if self._backups == 0:
+                os.unlink(self._path)
+            else:
+                # PATH.1 ... PATH.(kept) exist; the first missing one ends the chain.
+                kept = 0
+                while kept < self._backups and os.path.exists(f"{self._path}.{kept + 1}"):
+                    kept += 1
+                for index in range(min(kept, self._backups - 1), 0, -1):
+                    os.replace(f"{self._path}.{index}", f"{self._path}.{index + 1}")
+                os.replace(self._path, f"{self._path}.1")
+        except OSError as error:
+            self._rotation_paused_until = time.monotonic() + LOSS_REPORT_INTERVAL
+            if self._oplog is not None:
+                self._oplog.error("log_rotation_failed", path=self._path, error=str(error))
+            return
+        if self._oplog is not None:
+            self._oplog.info("log_rotated", path=self._path, bytes=size, backups=self._backups)
 
     def _count_lost(self, records: int, reason: str) -> None:
         self.lost += records
@@ -247,6 +376,4 @@ class LogWriter:
                 await self._flusher
             self._flusher = None
         self.flush()
-        if self._owns_fd and self._fd is not None:
-            os.close(self._fd)
-        self._fd = None
+        self._close_fd()

@@ -23,7 +23,7 @@ from shadowproxy.forward import PrimaryPath
 from shadowproxy.guard import GuardedServer
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher
-from shadowproxy.record import LogWriter, build_record, outcome_of
+from shadowproxy.record import LogWriter, QueryRedactor, build_record, outcome_of
 from shadowproxy.redact import Redactor
 from shadowproxy.report.live import LiveView
 from shadowproxy.upstream import make_session
@@ -69,6 +69,7 @@ class Proxy:
         """Processes sharing the port; per-process bounds such as max_rps are divided by it."""
         self.metrics = Metrics()
         self.redactor = Redactor(config.log.redact)
+        self.query_redactor = QueryRedactor(config.log.redact_query)
         self.live = LiveView()
         self.log = oplog.get(worker=worker) if worker is not None else oplog.get()
         self._runners: list[web.BaseRunner] = []
@@ -169,7 +170,9 @@ class Proxy:
         self.admin_address = admin_sock.getsockname()[:2]
 
     def _record(self, exchange: Exchange, comparison: Comparison | None) -> None:
-        record = build_record(exchange, comparison, redactor=self.redactor)
+        record = build_record(
+            exchange, comparison, redactor=self.redactor, query=self.query_redactor
+        )
         self.writer.write(record)
         if self._serve_admin:
             self.live.add(record)
@@ -198,6 +201,7 @@ class Proxy:
             )
         self.config = new
         self.redactor = Redactor(new.log.redact)
+        self.query_redactor = QueryRedactor(new.log.redact_query)
         self.primary_path.configure(new)
         self.proxy_server.configure(new.limits)
         self.dispatcher.configure(new)

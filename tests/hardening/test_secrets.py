@@ -1,0 +1,126 @@
+"""Secrets sent through every path of the real process never reach the discrepancy log, the
+operational log or the admin endpoints: request headers, response headers, body fields named
+by log.redact (JSON and forms), query parameters (log.redact_query, in the path and in error
+details) and header values that mirror rules set on the candidate's copy."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.conftest import RawResponder
+from tests.e2e.conftest import StartProxy
+from tests.hardening.support import Serve, ServeRaw
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+# Every secret below contains this, so one search finds any of them.
+MARK = "SECRET"
+
+
+async def primary(request: web.BaseRequest) -> web.StreamResponse:
+    if request.path == "/form":
+        response = web.Response(
+            body=b"user=ada&password=P-FORM-SECRET",
+            content_type="application/x-www-form-urlencoded",
+        )
+    else:
+        body = {"user": {"name": "ada", "password": "P-PW-SECRET"}, "token": "P-TOK-SECRET"}
+        response = web.json_response(body)
+    response.headers.add("Set-Cookie", "session=P-COOKIE-SECRET")
+    response.headers["Authorization"] = "Bearer P-AUTH-SECRET"
+    return response
+
+
+def candidate_responder() -> RawResponder:
+    async def respond(head: bytes) -> bytes:
+        target = head.split(b" ", 2)[1]
+        if target.startswith(b"/broken"):
+            return b"NOT HTTP AT ALL\r\n\r\n"
+        if target.startswith(b"/form"):
+            body = b"user=bob&password=C-FORM-SECRET"
+            kind = b"application/x-www-form-urlencoded"
+        else:
+            document = {"user": {"name": "bob", "password": "C-PW-SECRET"}, "token": "C-TOK"}
+            body, kind = orjson.dumps(document), b"application/json"
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\n"
+            b"Set-Cookie: session=C-COOKIE-SECRET\r\n"
+            b"Authorization: Bearer C-AUTH-SECRET\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+
+    return respond
+
+
+async def test_secrets_through_every_path_stay_out_of_logs_and_admin_endpoints(
+    serve: Serve, serve_raw: ServeRaw, start_proxy: StartProxy
+) -> None:
+    primary_backend = await serve(primary)
+    candidate_backend = await serve_raw(candidate_responder())
+    proxy = await start_proxy(
+        primary_backend.url,
+        candidate_backend.url,
+        diff={"ignore_headers": ["date", "content-length", "server", "content-type"]},
+        log={"redact": ["/**/password", "/token"]},
+        mirror={
+            "methods": ["GET", "POST"],
+            "rules": [
+                {
+                    "match": "/**",
+                    "headers": {
+                        "set": {"Authorization": "Bearer RULE-AUTH-SECRET"},
+                        "add": {"X-Api-Key": "RULE-KEY-SECRET", "X-Env": "shadow"},
+                    },
+                }
+            ],
+        },
+    )
+    client_headers = {
+        "Authorization": "Bearer CLIENT-AUTH-SECRET",
+        "Proxy-Authorization": "Basic CLIENT-PROXY-SECRET",
+        "Cookie": "sid=CLIENT-COOKIE-SECRET",
+        "X-Api-Key": "CLIENT-KEY-SECRET",
+    }
+    query = "?token=Q-TOK-SECRET&API_KEY=Q-KEY-SECRET&page=2&access_token=Q-AT-SECRET"
+    async with aiohttp.ClientSession(headers=client_headers) as session:
+        for target in ("/json" + query, "/form" + query, "/broken" + query):
+            async with session.get(proxy.url + target) as response:
+                assert response.status == 200
+                await response.read()
+        async with session.post(proxy.url + "/form" + query, data=b"password=REQ-SECRET"):
+            pass
+        records = await proxy.wait_records(4)
+        admin = {}
+        for endpoint in ("/config", "/report", "/report.json", "/metrics"):
+            async with session.get(proxy.admin_url + endpoint) as response:
+                assert response.status == 200, endpoint
+                admin[endpoint] = await response.text()
+    assert await proxy.stop() == 0
+
+    log_text = proxy.log_path.read_text()
+    assert MARK not in log_text
+    for endpoint, text in admin.items():
+        assert MARK not in text, endpoint
+    assert MARK not in orjson.dumps(proxy.stderr_lines).decode()
+
+    # The redaction did its work where the secrets were, and left the rest readable.
+    by_path = {r["path"].split("?")[0] + ":" + r["method"]: r for r in records}
+    json_record = by_path["/json:GET"]
+    assert json_record["path"] == (
+        "/json?token=[redacted]&API_KEY=[redacted]&page=2&access_token=[redacted]"
+    )
+    places = {(d["where"], d["path"]) for d in json_record["differences"]}
+    assert {("body", "/user/password"), ("body", "/user/name")} <= places
+    assert ("header", "set-cookie") in places
+    form_places = {(d["where"], d["path"]) for d in by_path["/form:GET"]["differences"]}
+    assert ("body", "/password") in form_places
+    broken = by_path["/broken:GET"]
+    assert broken["candidate"]["error"] == "invalid_response"
+    assert "token=[redacted]" in broken["candidate"]["detail"]
+    config = orjson.loads(admin["/config"])["config"]
+    changes = config["mirror"]["rules"][0]["headers"]
+    assert changes["set"]["Authorization"] == "[redacted]"
+    assert changes["add"] == {"X-Api-Key": "[redacted]", "X-Env": "shadow"}
