@@ -53,7 +53,7 @@ def test_missing_required_key() -> None:
     ("data", "expected"),
     [
         ({"listen": "nowhere"}, "listen: must be"),
-        ({"primary": {"url": "ftp://x"}}, "primary.url: must be an http://, https:// or unix:// URL"),
+        ({"primary": {"url": "ftp://x"}}, "primary.url: must be an http://, https:// or unix://"),
         ({"candidate": {"url": "http://b", "timeout": 0}}, "candidate.timeout: must be greater"),
         ({"mirror": {"methods": ["GET", "FETCH"]}}, "mirror.methods: unknown HTTP method"),
         ({"mirror": {"max_in_flight": 0}}, "mirror.max_in_flight:"),
