@@ -68,6 +68,14 @@ class ProxyProcess:
             async with self._new_line:
                 self._new_line.notify_all()
 
+    def count(self, name: str) -> int:
+        return sum(1 for e in self.stderr_lines if e.get("event") == name)
+
+    async def wait_count(self, name: str, count: int, timeout: float = 10.0) -> None:
+        """Wait until the operational log holds ``count`` events called ``name``."""
+        async with asyncio.timeout(timeout), self._new_line:
+            await self._new_line.wait_for(lambda: self.count(name) >= count)
+
     async def wait_event(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
         """Wait for the process to report ``name`` in its operational log."""
 

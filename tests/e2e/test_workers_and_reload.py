@@ -161,3 +161,49 @@ async def test_admin_endpoints(serve: Serve, start_proxy: StartProxy) -> None:
     assert status == 200
     assert b"<html" in body.lower()
     assert await metric(proxy.admin_url, "shadowproxy_mirrored_total") == 3
+
+
+@pytest.mark.timeout(120)
+async def test_reloads_under_steady_load_fail_no_request(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "2"), reload={"watch": False}
+    )
+    config = yaml.safe_load(proxy.config_path.read_text())
+    failures: list[str] = []
+    done = asyncio.Event()
+    progress = asyncio.Condition()
+    served = 0
+
+    async def load(client: aiohttp.ClientSession) -> None:
+        nonlocal served
+        while not done.is_set():
+            try:
+                async with client.get(proxy.url + "/steady") as response:
+                    if response.status != 200 or await response.read() != b'{"a":1}':
+                        failures.append(f"status {response.status}")
+            except aiohttp.ClientError as error:
+                failures.append(repr(error))
+            served += 1
+            async with progress:
+                progress.notify_all()
+
+    async with aiohttp.ClientSession() as client:
+        loaders = [asyncio.ensure_future(load(client)) for _ in range(8)]
+        for rate in (0.1, 0.5, 1.0, 0.25, 0.0, 1.0):
+            config["mirror"] = {"sample_rate": rate}
+            proxy.config_path.write_text(yaml.safe_dump(config))
+            before = proxy.count("config_reloaded")
+            proxy.process.send_signal(signal.SIGHUP)
+            # Two workers and the supervisor each say they reloaded.
+            await proxy.wait_count("config_reloaded", before + 3)
+            mark = served
+            async with asyncio.timeout(10), progress:  # traffic flows under the new config
+                await progress.wait_for(lambda mark=mark: served >= mark + 20)  # type: ignore[misc]
+        done.set()
+        await asyncio.gather(*loaders)
+    assert await proxy.stop() == 0
+    assert failures == []
