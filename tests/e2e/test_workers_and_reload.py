@@ -202,7 +202,7 @@ async def test_reloads_under_steady_load_fail_no_request(
             await proxy.wait_count("config_reloaded", before + 3)
             mark = served
             async with asyncio.timeout(10), progress:  # traffic flows under the new config
-                await progress.wait_for(lambda mark=mark: served >= mark + 20)  # type: ignore[misc]
+                await progress.wait_for(lambda mark=mark: served >= mark + 20)
         done.set()
         await asyncio.gather(*loaders)
     assert await proxy.stop() == 0
