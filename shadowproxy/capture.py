@@ -36,10 +36,11 @@ from typing import Any
 
 import orjson
 
-from shadowproxy.config import CaptureConfig
+from shadowproxy.config import DEFAULT_REDACT_QUERY, CaptureConfig
 from shadowproxy.endpoints import EndpointPattern, endpoint_of
 from shadowproxy.exchange import Headers
 from shadowproxy.har import MIN_WEIGHT, Captured, CaptureInputError, ReadCounts, build_entry, export
+from shadowproxy.record import QueryRedactor
 from shadowproxy.redact import Redactor
 
 WRITE_BYTES = 1 << 20
@@ -179,6 +180,7 @@ class CaptureSink:
         config: CaptureConfig,
         redact: Sequence[str] = (),
         *,
+        redact_query: Sequence[str] = DEFAULT_REDACT_QUERY,
         path: str | None = None,
         on_result: Callable[[str, int], None] | None = None,
         oplog: Any = None,
@@ -187,6 +189,7 @@ class CaptureSink:
         self.path = path or config.path
         self._policy = CapturePolicy(config)
         self._redactor = Redactor(redact)
+        self._query_redactor = QueryRedactor(redact_query)
         self._on_result = on_result
         self._oplog = oplog
         self._lock = threading.Lock()
@@ -326,7 +329,11 @@ class CaptureSink:
         records = 0
         for item in items:
             try:
-                line = orjson.dumps(build_entry(item, self._redactor, self.config.max_body_bytes))
+                line = orjson.dumps(
+                    build_entry(
+                        item, self._redactor, self.config.max_body_bytes, self._query_redactor
+                    )
+                )
             except Exception as error:  # a bug must cost one exchange, not the capture
                 self._lose(1, f"cannot encode: {error!r}")
                 continue

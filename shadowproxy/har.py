@@ -17,7 +17,8 @@ How bodies are written (decisions where HAR leaves room):
   is not written at all (the entry cannot be replayed); a cut response body keeps its prefix
   and its full size, and is compared as the mirror compares cut bodies (sizes, prefix).
 - Redaction: secret headers keep their name with the value ``[redacted]``; ``cookies`` lists
-  are always empty. Body places named by ``log.redact`` are replaced in JSON and form bodies,
+  are always empty; ``log.redact_query`` parameters have the value ``[redacted]`` in ``url``
+  and ``queryString``. Body places named by ``log.redact`` are replaced in JSON and form bodies,
   listed in ``_redacted``. A body that may hold such places but cannot be inspected (declared
   JSON but invalid, cut, or compressed beyond decoding) is not written (``_omitted``) when
   redaction patterns are configured.
@@ -45,6 +46,7 @@ from shadowproxy.compare.pointer import escape
 from shadowproxy.config import SECRET_HEADERS
 from shadowproxy.exchange import Headers, Response
 from shadowproxy.headers import REDACTED
+from shadowproxy.record import QueryRedactor
 from shadowproxy.redact import Redactor
 from shadowproxy.report.read import STDIN, expand_sources, iter_lines, open_source
 
@@ -253,13 +255,20 @@ def _content(c: Captured, redactor: Redactor, max_decoded: int) -> dict[str, Any
     return content
 
 
-def build_entry(c: Captured, redactor: Redactor, max_body_bytes: int) -> dict[str, Any]:
-    """The HAR entry of one captured exchange, redacted."""
+def build_entry(
+    c: Captured,
+    redactor: Redactor,
+    max_body_bytes: int,
+    query_redactor: QueryRedactor | None = None,
+) -> dict[str, Any]:
+    """The HAR entry of one captured exchange, redacted: secret headers, ``log.redact`` body
+    places, and (with ``query_redactor``) ``log.redact_query`` values in the URL."""
     host = header_value(c.request_headers, "host") or "localhost"
-    query = c.raw_path.partition("?")[2]
+    raw_path = query_redactor(c.raw_path) if query_redactor is not None else c.raw_path
+    query = raw_path.partition("?")[2]
     request: dict[str, Any] = {
         "method": c.method,
-        "url": f"{c.scheme}://{host}{c.raw_path}",
+        "url": f"{c.scheme}://{host}{raw_path}",
         "httpVersion": c.http_version,
         "cookies": [],
         "headers": _har_headers(c.request_headers),

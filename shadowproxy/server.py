@@ -149,6 +149,7 @@ class Proxy:
         capture = CaptureSink(
             config.capture,
             config.log.redact,
+            redact_query=config.log.redact_query,
             path=worker_path(config.capture.path, self.worker),
             on_result=lambda result, count: self.metrics.captured.labels(result).inc(count),
             oplog=self.log,

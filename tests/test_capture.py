@@ -33,6 +33,7 @@ SECRETS = (
     b"set-cookie-secret",
     b"hunter2",
     b"a@b.example",
+    b"qs-secret-9",
 )
 
 
@@ -110,7 +111,8 @@ async def test_secrets_never_reach_the_capture_file(
         "Content-Type": "application/json",
     }
     body = b'{"login": "a", "password": "hunter2"}'
-    async with client.post(f"{running.url}/login", data=body, headers=headers) as response:
+    url = f"{running.url}/login?user=ada&access_token=qs-secret-9"
+    async with client.post(url, data=body, headers=headers) as response:
         assert response.status == 200
     await settle(running)
 
@@ -121,6 +123,11 @@ async def test_secrets_never_reach_the_capture_file(
     request_headers = {h["name"]: h["value"] for h in entry["request"]["headers"]}
     assert request_headers["Authorization"] == "[redacted]"
     assert request_headers["Cookie"] == "[redacted]"
+    assert entry["request"]["url"].endswith("/login?user=ada&access_token=[redacted]")
+    assert entry["request"]["queryString"] == [
+        {"name": "user", "value": "ada"},
+        {"name": "access_token", "value": "[redacted]"},
+    ]
     assert entry["request"]["postData"]["_redacted"] == ["/password"]
     assert entry["response"]["content"]["_redacted"] == ["/user/email"]
     assert orjson.loads(entry["response"]["content"]["text"])["user"]["name"] == "A"
