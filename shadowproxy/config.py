@@ -34,6 +34,8 @@ ENV_ADMIN_TOKEN = "SHADOWPROXY_ADMIN_TOKEN"
 
 KIB = 1024
 MIB = 1024 * KIB
+# The largest integer any setting may hold (a signed 64-bit one).
+MAX_NUMBER = 2**63 - 1
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 KNOWN_METHODS = frozenset(
@@ -134,7 +136,10 @@ def _parse_size(value: Any) -> Any:
             raise ValueError('must be a number of bytes such as 1048576 or "1MiB"')
         number, unit = float(match.group(1)), (match.group(2) or "b").lower().rstrip("b")
         factors = {"": 1, "k": 1000, "ki": KIB, "m": 1000**2, "mi": MIB, "g": 1000**3, "gi": KIB**3}
-        return int(number * factors[unit])
+        size = number * factors[unit]
+        if not size <= MAX_NUMBER:  # inf (a number of 400 digits) included
+            raise ValueError("is too large")
+        return int(size)
     return value
 
 
@@ -159,7 +164,8 @@ HeaderNames = Annotated[list[str], AfterValidator(_lower_all)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never meaningful here (a NaN timeout passes every comparison).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HostPort(Model):
@@ -570,7 +576,7 @@ class MirrorRule(Model):
 
 
 class LogConfig(Model):
-    path: str = "-"
+    path: Annotated[str, AfterValidator(_single_line)] = "-"
     """A file, or ``-`` for standard output."""
     redact: list[PointerPattern] = Field(default_factory=list)
     """Body fields whose values are replaced with "[redacted]" in logged values."""
@@ -822,15 +828,31 @@ def format_validation_error(error: ValidationError) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
+def _numbers_in_range(data: Any, where: tuple[int | str, ...] = ()) -> None:
+    """Integers past 64 bits fit no setting, and the config's digest (JSON) cannot hold
+    them; refuse them by name before any validator sees them."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _numbers_in_range(value, (*where, key if isinstance(key, int | str) else str(key)))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            _numbers_in_range(value, (*where, index))
+    elif isinstance(data, int) and not -MAX_NUMBER <= data <= MAX_NUMBER:
+        raise ConfigError(f"{_location(where)}: the number is too large")
+
+
 def parse_config(data: Any, source: str = "config") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
     try:
+        _numbers_in_range(data)
         return Config.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -849,4 +871,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{file}: YAML syntax error at {where}: {error.problem}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{file}: YAML error: {error}") from None
+    except ValueError as error:  # a value YAML reads as a date that is none: 2024-02-30
+        raise ConfigError(f"{file}: YAML value error: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: YAML nested too deeply") from None
     return parse_config(data, str(file))

@@ -219,12 +219,12 @@ class LogWriter:
         """Open the file; on failure say so (once until it works again) and carry on."""
         try:
             self.open()
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a NUL in the path
             if self._open_failed_at is None and self._oplog is not None:
                 self._oplog.error(
                     "log_open_failed",
                     path=self._path,
-                    error=error.strerror or str(error),
+                    error=getattr(error, "strerror", None) or str(error),
                     detail="records are counted as lost until the file can be opened",
                 )
             self._open_failed_at = time.monotonic()
