@@ -56,7 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 config,
                 Path(path),
                 worker=args.worker_index,
+                workers=workers,
                 listen_port=args.listen_port,
+                tls_port=args.listen_tls_port,
                 ready_fd=args.ready_fd,
             )
         )
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by the supervisor for its workers; not for people.
     run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--listen-port", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--listen-tls-port", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 

@@ -691,6 +691,14 @@ class LimitsConfig(Model):
 # --- the whole file -------------------------------------------------------------------------
 
 
+class TLSListener(Model):
+    """An HTTPS listener beside ``listen``; the certificate is read again on every reload."""
+
+    address: Address
+    cert_file: str
+    key_file: str
+
+
 class ReloadConfig(Model):
     watch: bool = True
     """Reload when the config file changes, besides on SIGHUP."""
@@ -700,6 +708,7 @@ class ReloadConfig(Model):
 class Config(Model):
     listen: Address = Field(default_factory=lambda: HostPort(host="0.0.0.0", port=8080))
     admin: Address = Field(default_factory=lambda: HostPort(host="127.0.0.1", port=9901))
+    listen_tls: TLSListener | None = None
     primary: Backend
     candidate: CandidateBackend
     secondary: CandidateBackend | None = None

@@ -7,16 +7,17 @@ the body as it arrives), and hand-over to the mirror. Nothing here waits on the 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
-from shadowproxy import oplog
+from shadowproxy import oplog, websocket
 from shadowproxy.capture import CaptureSink, Recording
 from shadowproxy.config import Config
 from shadowproxy.endpoints import endpoint_of
@@ -31,7 +32,7 @@ from shadowproxy.headers import (
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher, MirrorTicket
 from shadowproxy.sampling import Sampler, SkipReason
-from shadowproxy.upstream import target_url
+from shadowproxy.upstream import is_streaming, request_options, target_url
 
 # Headers aiohttp's server would add to a response when absent; the client must get only what
 # the primary sent.
@@ -47,6 +48,34 @@ class PassthroughResponse(web.StreamResponse):
         for name in _SERVER_DEFAULTS:
             if name not in supplied:
                 self.headers.popall(name, None)
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return (
+        request.version >= HttpVersion11
+        and request.headers.get("Expect", "").lower() == "100-continue"
+        and request.body_exists
+    )
+
+
+class _Snapshot:
+    """The primary's answer as captured so far, taken when a stream's window closes."""
+
+    def __init__(self, upstream: aiohttp.ClientResponse, capture: Capture, started: float):
+        self._upstream, self._capture, self._started = upstream, capture, started
+
+    def take(self) -> Response:
+        return Response(
+            status=self._upstream.status,
+            headers=tuple(self._upstream.headers.items()),
+            body=self._capture.body(),
+            size=self._capture.size,
+            latency_ms=(time.perf_counter() - self._started) * 1000,
+            truncated=True,
+        )
 
 
 def error_response(status: int, error: str, detail: str, request_id: str) -> web.Response:
@@ -103,6 +132,7 @@ class PrimaryPath:
     def configure(self, config: Config) -> None:
         """Swap in a new config; requests under way keep the values they started with."""
         self._config = config
+        self._options = request_options(config.primary)
         self._sampler = Sampler(config.mirror)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -120,6 +150,17 @@ class PrimaryPath:
         headers = upstream_request_headers(
             request.headers, client_ip=client_ip, scheme=request.scheme, request_id=request_id
         )
+        if _expects_continue(request):
+            headers.popall("Expect", None)
+        if websocket.is_upgrade(request):
+            self._metrics.websockets.inc()
+            return await websocket.relay(
+                request,
+                self._session,
+                target_url(config.primary, request.raw_path),
+                with_host(headers, config.primary.host),
+                self._options,
+            )
         ticket = self._admit(request, request_id, client_ip, headers, content_length)
         recording = self._record(request, request_id, headers)
         try:
@@ -183,8 +224,9 @@ class PrimaryPath:
     ) -> web.StreamResponse:
         config = self._config
         data: AsyncIterator[bytes] | None = None
+        expect_continue = _expects_continue(request)
         if request.body_exists:
-            data = self._request_body(request, ticket, recording)
+            data = self._request_body(request, ticket, recording, expect_continue)
         elif ticket is not None:
             ticket.request_complete(b"")
 
@@ -196,6 +238,7 @@ class PrimaryPath:
                 headers=with_host(headers, config.primary.host),
                 data=data,
                 allow_redirects=False,
+                **self._options,
             )
         except Exception as error:
             if ticket is not None:
@@ -212,8 +255,16 @@ class PrimaryPath:
         request: web.BaseRequest,
         ticket: MirrorTicket | None,
         recording: Recording | None = None,
+        expect_continue: bool = False,
     ) -> AsyncIterator[bytes]:
-        """Stream the client's body upstream; keep a copy for the mirror while it fits."""
+        """Stream the client's body upstream; keep a copy for the mirror while it fits.
+
+        With ``Expect: 100-continue`` the client is told to send its body once the primary's
+        connection is ready for it. The proxy answers the expectation itself, as nginx does,
+        and does not pass it on: a backend that never sends ``100 Continue`` must not stall.
+        """
+        if expect_continue:
+            await request.writer.write(CONTINUE)
         copy = Capture(self._config.mirror.max_body_bytes) if ticket is not None else None
         limit = self._config.max_request_body_bytes
         received = 0
@@ -247,10 +298,21 @@ class PrimaryPath:
         )
         await response.prepare(request)
         capture = Capture(self._config.diff.max_body_bytes) if ticket is not None else None
+        window = None
+        if ticket is not None and capture is not None and is_streaming(upstream.content_type):
+            # A stream may outlive any mirror: compare what the window (the candidate's own
+            # deadline) or the capture cap holds, and let the client's stream go on.
+            snapshot = _Snapshot(upstream, capture, started)
+            window = asyncio.get_running_loop().call_later(
+                self._config.candidate.timeout, lambda: ticket.primary_complete(snapshot.take())
+            )
         try:
             async for chunk in upstream.content.iter_any():
                 if capture is not None:
                     capture.add(chunk)
+                    if window is not None and capture.overflowed:
+                        assert ticket is not None
+                        ticket.primary_complete(snapshot.take())
                 if recording is not None:
                     recording.response_chunk(chunk)
                 await response.write(chunk)
@@ -266,6 +328,9 @@ class PrimaryPath:
             if request.transport is not None:
                 request.transport.close()
             return response
+        finally:
+            if window is not None:
+                window.cancel()
         await response.write_eof()
         self._metrics.requests.labels(str(upstream.status)).inc()
         if recording is not None:

@@ -56,6 +56,10 @@ class Metrics:
         self.log_lost = Counter(
             "shadowproxy_log_records_lost", "Records the log could not write.", registry=r
         )
+        self.websockets = Counter(
+            "shadowproxy_websocket_upgrades", "WebSocket upgrades relayed (never mirrored).",
+            registry=r,
+        )  # fmt: skip
         self.rejected = Counter(
             "shadowproxy_client_rejected",
             "Client requests the proxy answered itself without forwarding, by reason.",

@@ -8,6 +8,7 @@ complete (comparison can start), recorded; or abandoned at any step, counted by 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import time
 from collections.abc import Callable
@@ -37,9 +38,11 @@ from shadowproxy.protection import (
     worker_share,
 )
 from shadowproxy.sampling import CandidateEdit, SkipReason
-from shadowproxy.upstream import fetch, target_url
+from shadowproxy.upstream import fetch, is_streaming, request_options, target_url
 
-Sink = Callable[[Exchange, Comparison | None], None]
+Sink = Callable[[Exchange, Comparison | None, Comparison | None], None]
+"""Called with the exchange, the candidate's comparison (None: the candidate failed) and the
+secondary's (None: no secondary, or it failed)."""
 CompareFn = Callable[[str, Response, Response], Any]  # awaitable of Comparison | None
 
 # Candidate answers that count as errors for the breaker besides no usable answer at all: the
@@ -50,6 +53,22 @@ BREAKER_STATUSES = frozenset({502, 503, 504})
 
 def candidate_healthy(result: Response | Failure) -> bool:
     return isinstance(result, Response) and result.status not in BREAKER_STATUSES
+
+
+def common_prefix(primary: Response, candidate: Response) -> tuple[Response, Response]:
+    """Both bodies cut to the length both sides delivered, at a line break where there is one.
+
+    A stream cut by time or size is compared over what both sides sent, sizes included; the
+    record notes the truncation, so a reader knows the rest was not compared.
+    """
+    length = min(len(primary.body), len(candidate.body))
+    newline = primary.body.rfind(b"\n", 0, length)
+    if newline >= 0 and primary.body[: newline + 1] == candidate.body[: newline + 1]:
+        length = newline + 1
+    return (
+        dataclasses.replace(primary, body=primary.body[:length], size=length, truncated=True),
+        dataclasses.replace(candidate, body=candidate.body[:length], size=length, truncated=True),
+    )
 
 
 class TicketState(enum.Enum):
@@ -160,6 +179,7 @@ class MirrorDispatcher:
         config: Config,
         *,
         candidate_session: aiohttp.ClientSession,
+        secondary_session: aiohttp.ClientSession | None = None,
         compare: CompareFn,
         metrics: Metrics,
         sinks: list[Sink],
@@ -168,6 +188,7 @@ class MirrorDispatcher:
     ) -> None:
         """``workers``: how many processes share ``mirror.max_rps`` (each gets its share)."""
         self._candidate_session = candidate_session
+        self._secondary_session = secondary_session
         self._compare = compare
         self._metrics = metrics
         self._sinks = sinks
@@ -192,6 +213,7 @@ class MirrorDispatcher:
         previous = getattr(self, "_candidate", None)
         self._config = config
         self._candidate: Backend = config.candidate
+        self._secondary: Backend | None = config.secondary
         self._max_in_flight = config.mirror.max_in_flight
         self._capture_bytes = config.diff.max_body_bytes
         self._configure_protection(
@@ -330,52 +352,99 @@ class MirrorDispatcher:
     async def _mirror(
         self, ticket: MirrorTicket, request: RequestSnapshot, headers: CIMultiDict[str]
     ) -> None:
-        backend = self._candidate
-        # The candidate's own copy: the primary's headers are never changed.
-        candidate_headers = mirror_request_headers(headers, backend.host)
-        path = request.path
-        if ticket.edit is not None:
-            ticket.edit.apply_headers(candidate_headers)
-            path = ticket.edit.path(path)
-        candidate = await fetch(
-            self._candidate_session,
-            target_url(backend, path),
-            method=request.method,
-            headers=candidate_headers,
-            body=request.body,
-            deadline=backend.timeout,
-            capture_bytes=self._capture_bytes,
+        # The candidate and the secondary are asked at the same time, beside the primary.
+        candidate_call = self._ask(
+            self._candidate, self._candidate_session, ticket, request, headers
         )
+        secondary: Response | Failure | None = None
+        if self._secondary is not None and self._secondary_session is not None:
+            # The secondary runs the primary's version: it gets the rule's header changes (a
+            # test tenant, a stripped credential) but not the candidate's path rewrite.
+            secondary_call = self._ask(
+                self._secondary, self._secondary_session, ticket, request, headers, rewrite=False
+            )
+            candidate, secondary = await asyncio.gather(candidate_call, secondary_call)
+        else:
+            candidate = await candidate_call
         ticket.settle(candidate_healthy(candidate))
         primary = await ticket.primary_response()
         if primary is None:
             return  # abandoned by the primary path and counted there
         ticket.state = TicketState.DONE
-        if isinstance(candidate, Response) and candidate.truncated and not primary.truncated:
-            candidate = Failure(
-                kind=FailureKind.TOO_LARGE,
-                detail=f"body of {candidate.size} bytes exceeds diff.max_body_bytes",
-                latency_ms=candidate.latency_ms,
-            )
+        primary_seen, candidate = self._comparable(primary, candidate)
         self._observe("primary", primary)
         self._observe("candidate", candidate)
         comparison: Comparison | None = None
         if isinstance(candidate, Response):
-            comparison = await self._compare(ticket.endpoint, primary, candidate)
+            comparison = await self._compare(ticket.endpoint, primary_seen, candidate)
             if comparison is None:
                 self._count_skip(SkipReason.COMPARE_QUEUE)
                 return
         else:
             self._metrics.candidate_errors.labels(candidate.kind.value).inc()
+        secondary_comparison: Comparison | None = None
+        if secondary is not None:
+            primary_for_secondary, secondary = self._comparable(primary, secondary)
+            self._observe("secondary", secondary)
+            if isinstance(secondary, Response) and comparison is not None:
+                # None (queue full) leaves the secondary without evidence: nothing is noise.
+                secondary_comparison = await self._compare(
+                    ticket.endpoint, primary_for_secondary, secondary
+                )
         exchange = Exchange(
             request=request,
             endpoint=ticket.endpoint,
             started_at=ticket.started_at,
             primary=primary,
             candidate=candidate,
+            secondary=secondary,
         )
         for sink in self._sinks:
-            sink(exchange, comparison)
+            sink(exchange, comparison, secondary_comparison)
+
+    async def _ask(
+        self,
+        backend: Backend,
+        session: aiohttp.ClientSession,
+        ticket: MirrorTicket,
+        request: RequestSnapshot,
+        headers: CIMultiDict[str],
+        *,
+        rewrite: bool = True,
+    ) -> Response | Failure:
+        """One mirrored copy; the primary's headers are never changed."""
+        copy_headers = mirror_request_headers(headers, backend.host)
+        path = request.path
+        if ticket.edit is not None:
+            ticket.edit.apply_headers(copy_headers)
+            if rewrite:
+                path = ticket.edit.path(path)
+        return await fetch(
+            session,
+            target_url(backend, path),
+            method=request.method,
+            headers=copy_headers,
+            body=request.body,
+            deadline=backend.timeout,
+            capture_bytes=self._capture_bytes,
+            options=request_options(backend),
+        )
+
+    def _comparable(
+        self, primary: Response, other: Response | Failure
+    ) -> tuple[Response, Response | Failure]:
+        """A body too large to capture is a failure; streams are compared over their window."""
+        if isinstance(other, Failure):
+            return primary, other
+        if other.size > self._capture_bytes and not primary.truncated:
+            return primary, Failure(
+                kind=FailureKind.TOO_LARGE,
+                detail=f"body of {other.size} bytes exceeds diff.max_body_bytes",
+                latency_ms=other.latency_ms,
+            )
+        if (primary.truncated or other.truncated) and is_streaming(primary.header("Content-Type")):
+            return common_prefix(primary, other)
+        return primary, other
 
     def _observe(self, backend: str, result: Response | Failure) -> None:
         self._metrics.latency.labels(backend).observe(result.latency_ms / 1000)

@@ -66,7 +66,7 @@ from typing import Any
 import orjson
 
 from shadowproxy.compare.model import Comparison, Difference, Where
-from shadowproxy.config import NoiseConfig
+from shadowproxy.config import Config, NoiseConfig
 from shadowproxy.report.aggregate import generalise_path
 
 __all__ = [
@@ -455,3 +455,70 @@ def _encode_and_write(
 
 def _count(value: Any) -> bool:
     return type(value) is int and value >= 0
+
+
+class NoiseFilter:
+    """The running proxy's use of the model: learn from every exchange, move noise aside, and
+    keep the counts across restarts when ``noise.state_path`` is set."""
+
+    def __init__(self, config: Config, worker: int | None, log: Any) -> None:
+        self._log = log
+        self._active = config.secondary is not None
+        noise = config.noise
+        self._path = state_file(noise.state_path, worker) if noise.state_path else None
+        self._interval = noise.save_interval
+        self._saver: asyncio.Task[None] | None = None
+        self.model = NoiseModel.from_config(noise)
+        if self._path is not None:
+            try:
+                self.model = NoiseModel.load(self._path, noise)
+            except NoiseStateError as error:
+                log.error("noise_state_unreadable", path=self._path, error=str(error))
+
+    def configure(self, config: Config) -> None:
+        self._active = config.secondary is not None
+        self.model.configure(config.noise)
+
+    def apply(
+        self,
+        endpoint: str,
+        comparison: Comparison | None,
+        secondary: Comparison | None,
+        secondary_answered: bool,
+    ) -> tuple[Comparison | None, list[Difference]]:
+        """The comparison without its noise, and the noise; unchanged without a secondary.
+
+        ``secondary_answered`` False (it failed, or its comparison was skipped) gives no
+        evidence: the candidate's differences stay real.
+        """
+        if not self._active or comparison is None:
+            return comparison, []
+        evidence = secondary.differences if secondary_answered and secondary else None
+        real, noise = self.model.classify(endpoint, comparison.differences, evidence)
+        if not noise:
+            return comparison, []
+        return without_noise(comparison, real, noise), noise
+
+    def start(self) -> None:
+        if self._path is not None:
+            self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
+
+    async def _save_periodically(self) -> None:
+        assert self._path is not None
+        while True:
+            await asyncio.sleep(self._interval)
+            if self.model.dirty:
+                try:
+                    await self.model.save_async(self._path)
+                except OSError as error:
+                    self._log.error("noise_state_not_saved", path=self._path, error=str(error))
+
+    async def close(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+            await asyncio.gather(self._saver, return_exceptions=True)
+        if self._path is not None and self.model.dirty:
+            try:
+                self.model.save(self._path)
+            except OSError as error:
+                self._log.error("noise_state_not_saved", path=self._path, error=str(error))

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 from pathlib import Path
 
 from aiohttp import web
@@ -17,12 +18,13 @@ from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.capture import CaptureSink, worker_path
 from shadowproxy.compare import Comparer
 from shadowproxy.compare.model import Comparison
-from shadowproxy.config import Config, ConfigError, HostPort, load_config
-from shadowproxy.exchange import Exchange
+from shadowproxy.config import Config, ConfigError, HostPort, TLSListener, load_config
+from shadowproxy.exchange import Exchange, Response
 from shadowproxy.forward import PrimaryPath
 from shadowproxy.guard import GuardedServer
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher
+from shadowproxy.noise import NoiseFilter
 from shadowproxy.record import LogWriter, QueryRedactor, build_record, outcome_of
 from shadowproxy.redact import Redactor
 from shadowproxy.report.live import LiveView
@@ -31,6 +33,12 @@ from shadowproxy.watch import FileWatcher
 
 LISTEN_BACKLOG = 1024
 ORPHAN_CHECK_INTERVAL = 1.0
+
+
+def listener_tls_context(listener: TLSListener) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(listener.cert_file, listener.key_file)
+    return context
 
 
 def bind(address: HostPort, *, reuse_port: bool = False) -> socket.socket:
@@ -54,6 +62,7 @@ class Proxy:
         *,
         config_path: Path | None = None,
         proxy_socket: socket.socket | None = None,
+        tls_socket: socket.socket | None = None,
         admin_socket: socket.socket | None = None,
         serve_admin: bool = True,
         worker: int | None = None,
@@ -62,6 +71,9 @@ class Proxy:
         self.config = config
         self.config_path = config_path
         self._proxy_socket = proxy_socket
+        self._tls_socket = tls_socket
+        self._tls_context: ssl.SSLContext | None = None
+        self.tls_address: tuple[str, int] | None = None
         self._admin_socket = admin_socket
         self._serve_admin = serve_admin
         self.worker = worker
@@ -94,11 +106,17 @@ class Proxy:
         self.writer.start()
         self.primary_session = make_session(config.primary, stream_timeout=True)
         self.candidate_session = make_session(config.candidate, stream_timeout=False)
+        self.secondary_session = (
+            make_session(config.secondary, stream_timeout=False) if config.secondary else None
+        )
+        self.noise = NoiseFilter(config, self.worker, self.log)
+        self.noise.start()
         self.comparer = Comparer(config.effective_diff())
         await self.comparer.start()
         self.dispatcher = MirrorDispatcher(
             config,
             candidate_session=self.candidate_session,
+            secondary_session=self.secondary_session,
             compare=self.comparer.compare,
             metrics=self.metrics,
             sinks=[self._record],
@@ -127,6 +145,13 @@ class Proxy:
         proxy_sock = self._proxy_socket or bind(config.listen)
         await web.SockSite(proxy_runner, proxy_sock, backlog=LISTEN_BACKLOG).start()
         self.proxy_address = proxy_sock.getsockname()[:2]
+        if config.listen_tls is not None:
+            self._tls_context = listener_tls_context(config.listen_tls)
+            tls_sock = self._tls_socket or bind(config.listen_tls.address)
+            await web.SockSite(
+                proxy_runner, tls_sock, ssl_context=self._tls_context, backlog=LISTEN_BACKLOG
+            ).start()
+            self.tls_address = tls_sock.getsockname()[:2]
 
         if self._serve_admin:
             await self._start_admin()
@@ -137,6 +162,7 @@ class Proxy:
             "listening" if self.worker is None else "worker_listening",
             proxy=f"{self.proxy_address[0]}:{self.proxy_address[1]}",
             admin=f"{admin[0]}:{admin[1]}" if admin else None,
+            tls=f"{self.tls_address[0]}:{self.tls_address[1]}" if self.tls_address else None,
             primary=config.primary.url,
             candidate=config.candidate.url,
             config_digest=config.digest(),
@@ -170,9 +196,20 @@ class Proxy:
         await web.SockSite(admin_runner, admin_sock).start()
         self.admin_address = admin_sock.getsockname()[:2]
 
-    def _record(self, exchange: Exchange, comparison: Comparison | None) -> None:
+    def _record(
+        self,
+        exchange: Exchange,
+        comparison: Comparison | None,
+        secondary_comparison: Comparison | None,
+    ) -> None:
+        comparison, noise = self.noise.apply(
+            exchange.endpoint,
+            comparison,
+            secondary_comparison,
+            secondary_answered=isinstance(exchange.secondary, Response),
+        )
         record = build_record(
-            exchange, comparison, redactor=self.redactor, query=self.query_redactor
+            exchange, comparison, noise=noise, redactor=self.redactor, query=self.query_redactor
         )
         self.writer.write(record)
         if self._serve_admin:
@@ -193,6 +230,14 @@ class Proxy:
             self.metrics.reloads.labels("invalid").inc()
             self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
             return False
+        if new.listen_tls is not None and self._tls_context is not None:
+            try:
+                listener_tls_context(new.listen_tls)  # a bad pair must not replace a good one
+                self._tls_context.load_cert_chain(new.listen_tls.cert_file, new.listen_tls.key_file)
+            except (OSError, ssl.SSLError) as error:
+                self.metrics.reloads.labels("invalid").inc()
+                self.log.error("tls_reload_failed", error=str(error))
+                return False
         unchanged = _restart_only_changes(self.config, new)
         if unchanged:
             self.log.warning(
@@ -207,6 +252,7 @@ class Proxy:
         self.proxy_server.configure(new.limits)
         self.dispatcher.configure(new)
         self.comparer.update(new.effective_diff())
+        self.noise.configure(new)
         self.writer.reopen()
         self.metrics.reloads.labels("ok").inc()
         self.writer.event(
@@ -227,6 +273,9 @@ class Proxy:
         await self.comparer.close()
         await self.primary_session.close()
         await self.candidate_session.close()
+        if self.secondary_session is not None:
+            await self.secondary_session.close()
+        await self.noise.close()
         if self.capture is not None:
             await self.capture.close()
         self.log.info("stopped", mirrors_cancelled=cancelled, log_records_lost=self.writer.lost)
@@ -234,7 +283,7 @@ class Proxy:
 
 
 def _restart_only_changes(old: Config, new: Config) -> list[str]:
-    keys = ("listen", "admin", "primary", "candidate", "capture")
+    keys = ("listen", "admin", "primary", "candidate", "secondary", "capture", "listen_tls")
     changed = [k for k in keys if getattr(old, k) != getattr(new, k)]
     if old.log.path != new.log.path:
         changed.append("log.path")
@@ -248,6 +297,7 @@ async def serve(
     worker: int | None = None,
     workers: int = 1,
     listen_port: int | None = None,
+    tls_port: int | None = None,
     ready_fd: int | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads the config and reopens the log.
@@ -259,10 +309,15 @@ async def serve(
     if listen_port is not None:
         address = config.listen.model_copy(update={"port": listen_port})
         proxy_socket = bind(address, reuse_port=True)
+    tls_socket = None
+    if tls_port is not None and config.listen_tls is not None:
+        address = config.listen_tls.address.model_copy(update={"port": tls_port})
+        tls_socket = bind(address, reuse_port=True)
     proxy = Proxy(
         config,
         config_path=config_path,
         proxy_socket=proxy_socket,
+        tls_socket=tls_socket,
         serve_admin=worker is None,
         worker=worker,
         workers=workers,

@@ -91,6 +91,23 @@ def target_url(backend: Backend, raw_path: str) -> URL:
     return URL(backend.base_url + raw_path, encoded=True)
 
 
+# Answers that are streams by nature: compared over what arrives in a bounded window.
+STREAMING_TYPES = frozenset(
+    {
+        "text/event-stream",
+        "application/x-ndjson",
+        "application/stream+json",
+        "multipart/x-mixed-replace",
+    }
+)
+
+
+def is_streaming(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() in STREAMING_TYPES
+
+
 def classify(error: BaseException) -> FailureKind:
     """Name a failure the way the log and the metrics do."""
     if isinstance(error, TimeoutError):
@@ -127,8 +144,10 @@ async def fetch(
     runaway stream are seen) but not kept.
     """
     started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + deadline
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout_at(ends_at) as scope:
             async with session.request(
                 method,
                 url,
@@ -139,17 +158,33 @@ async def fetch(
             ) as response:
                 kept = bytearray()
                 size = 0
-                async for chunk in response.content.iter_any():
-                    size += len(chunk)
-                    if len(kept) < capture_bytes:
-                        kept += chunk[: capture_bytes - len(kept)]
+                cut = False
+                if is_streaming(response.headers.get("Content-Type")):
+                    # A stream may never end: what arrived by the deadline (or up to the
+                    # capture cap) is the answer, not a timeout.
+                    scope.reschedule(None)
+                    try:
+                        async with asyncio.timeout_at(ends_at):
+                            async for chunk in response.content.iter_any():
+                                size += len(chunk)
+                                kept += chunk[: capture_bytes - len(kept)]
+                                if len(kept) >= capture_bytes:
+                                    cut = True
+                                    break
+                    except TimeoutError:
+                        cut = True
+                else:
+                    async for chunk in response.content.iter_any():
+                        size += len(chunk)
+                        if len(kept) < capture_bytes:
+                            kept += chunk[: capture_bytes - len(kept)]
                 return Response(
                     status=response.status,
                     headers=tuple(response.headers.items()),
                     body=bytes(kept),
                     size=size,
                     latency_ms=(time.perf_counter() - started) * 1000,
-                    truncated=size > len(kept),
+                    truncated=cut or size > len(kept),
                 )
     except Exception as error:  # every failure of the candidate is an outcome, not a crash
         elapsed = (time.perf_counter() - started) * 1000

@@ -41,6 +41,7 @@ class Supervisor:
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
         self._port = 0
+        self._tls_port = 0
         self._follower: LogFollower | None = None
 
     async def run(self) -> None:
@@ -51,6 +52,10 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         reserved = bind(self.config.listen, reuse_port=True)  # holds the port, never listens
         self._port = reserved.getsockname()[1]
+        reserved_tls = None
+        if self.config.listen_tls is not None:
+            reserved_tls = bind(self.config.listen_tls.address, reuse_port=True)
+            self._tls_port = reserved_tls.getsockname()[1]
         watcher = None
         if self.config.reload.watch:
             # The file as loaded is the baseline; a change during start-up still counts.
@@ -72,6 +77,8 @@ class Supervisor:
             if self._follower is not None:
                 await self._follower.stop()
             reserved.close()
+            if reserved_tls is not None:
+                reserved_tls.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self.log.info("stopped")
@@ -82,6 +89,7 @@ class Supervisor:
             sys.executable, "-m", "shadowproxy", "run", "--config", str(self.config_path),
             "--workers", str(self.count), "--worker-index", str(index),
             "--listen-port", str(self._port),
+            *(("--listen-tls-port", str(self._tls_port)) if self._tls_port else ()),
             "--ready-fd", str(write_fd),
         ]  # fmt: skip
         process = await asyncio.create_subprocess_exec(
@@ -113,11 +121,12 @@ class Supervisor:
         sock = bind(self.config.admin)
         await web.SockSite(runner, sock).start()
         host, port = sock.getsockname()[:2]
-        listen_host = self.config.listen.host
+        tls = self.config.listen_tls
         self.log.info(
             "listening",
-            proxy=f"{listen_host}:{self._port}",
+            proxy=f"{self.config.listen.host}:{self._port}",
             admin=f"{host}:{port}",
+            tls=f"{tls.address.host}:{self._tls_port}" if tls is not None else None,
             workers=self.count,
             primary=self.config.primary.url,
             candidate=self.config.candidate.url,

@@ -1,0 +1,355 @@
+"""Protocols beyond plain HTTP/1.1 JSON: TLS both sides, WebSockets, streams, Unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import WSMsgType, web
+
+from tests.conftest import Backend, RunningProxy
+
+MakeProxy = Callable[..., Awaitable[RunningProxy]]
+Serve = Callable[..., Awaitable[Backend]]
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+async def ok(_: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+async def start_tls_backend(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    context: ssl.SSLContext,
+) -> tuple[web.ServerRunner, int]:
+    runner = web.ServerRunner(web.Server(handler), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+@pytest.fixture
+async def tls_backends() -> AsyncIterator[list[web.ServerRunner]]:
+    runners: list[web.ServerRunner] = []
+    yield runners
+    for runner in runners:
+        await runner.cleanup()
+
+
+def server_context(ca: trustme.CA, name: str, *, require_client: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(context)
+    if require_client:
+        context.verify_mode = ssl.CERT_REQUIRED
+        ca.configure_trust(context)
+    return context
+
+
+async def test_https_upstream_verified_with_a_custom_ca_and_sni(
+    ca: trustme.CA,
+    ca_file: str,
+    serve: Serve,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+    tls_backends: list[web.ServerRunner],
+) -> None:
+    async def echo_host(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text=request.host)
+
+    runner, port = await start_tls_backend(echo_host, server_context(ca, "primary.internal"))
+    tls_backends.append(runner)
+    candidate = await serve(ok)
+    proxy = await make_proxy(
+        f"https://127.0.0.1:{port}",
+        candidate.url,
+        primary={"host": "primary.internal", "tls": {"ca_file": ca_file}},
+    )
+    async with client.get(proxy.url + "/") as response:
+        assert response.status == 200
+        assert await response.text() == "primary.internal"
+
+
+async def test_https_upstream_with_an_unknown_ca_is_refused(
+    ca: trustme.CA,
+    serve: Serve,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+    tls_backends: list[web.ServerRunner],
+) -> None:
+    runner, port = await start_tls_backend(ok, server_context(ca, "127.0.0.1"))
+    tls_backends.append(runner)
+    candidate = await serve(ok)
+    proxy = await make_proxy(f"https://127.0.0.1:{port}", candidate.url)
+    async with client.get(proxy.url + "/") as response:
+        assert response.status == 502
+
+
+async def test_mtls_backend_gets_the_client_certificate(
+    ca: trustme.CA,
+    ca_file: str,
+    tmp_path: Path,
+    serve: Serve,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+    tls_backends: list[web.ServerRunner],
+) -> None:
+    runner, port = await start_tls_backend(ok, server_context(ca, "127.0.0.1", require_client=True))
+    tls_backends.append(runner)
+    identity = ca.issue_cert("shadowproxy.client")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    identity.cert_chain_pems[0].write_to_path(str(cert))
+    identity.private_key_pem.write_to_path(str(key))
+    candidate = await serve(ok)
+    url = f"https://127.0.0.1:{port}"
+    without = await make_proxy(url, candidate.url, primary={"tls": {"ca_file": ca_file}})
+    async with client.get(without.url + "/") as response:
+        assert response.status == 502  # the backend rejects a client without the certificate
+    tls = {"ca_file": ca_file, "cert_file": str(cert), "key_file": str(key)}
+    with_cert = await make_proxy(url, candidate.url, primary={"tls": tls})
+    async with client.get(with_cert.url + "/") as response:
+        assert response.status == 200
+        assert await response.text() == "ok"
+
+
+async def test_tls_listener(
+    ca: trustme.CA,
+    tmp_path: Path,
+    serve: Serve,
+    make_proxy: MakeProxy,
+) -> None:
+    identity = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    identity.cert_chain_pems[0].write_to_path(str(cert))
+    identity.private_key_pem.write_to_path(str(key))
+
+    async def proto(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text=request.headers.get("X-Forwarded-Proto", ""))
+
+    primary = await serve(proto)
+    candidate = await serve(ok)
+    proxy = await make_proxy(
+        primary.url,
+        candidate.url,
+        listen_tls={"address": "127.0.0.1:0", "cert_file": str(cert), "key_file": str(key)},
+    )
+    assert proxy.proxy.tls_address is not None
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    host, port = proxy.proxy.tls_address
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"https://{host}:{port}/", ssl=context) as response,
+    ):
+        assert await response.text() == "https"
+
+
+async def test_websocket_relayed_both_ways_and_never_mirrored(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    async def echo(request: web.BaseRequest) -> web.StreamResponse:
+        ws = web.WebSocketResponse(protocols=("chat",))
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                if message.data == "bye":
+                    await ws.close(code=4001, message=b"done")
+                    break
+                await ws.send_str("echo:" + message.data)
+            elif message.type is WSMsgType.BINARY:
+                await ws.send_bytes(message.data[::-1])
+        return ws
+
+    primary = await serve(echo)
+    candidate = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url)
+    async with client.ws_connect(proxy.url + "/ws", protocols=("chat",)) as ws:
+        assert ws.protocol == "chat"
+        await ws.send_str("hello")
+        assert (await ws.receive()).data == "echo:hello"
+        await ws.send_bytes(b"\x00\x01\x02")
+        assert (await ws.receive()).data == b"\x02\x01\x00"
+        await ws.send_str("bye")
+        closing = await ws.receive()
+        assert closing.type is WSMsgType.CLOSE
+        assert ws.close_code == 4001
+    assert candidate.seen == []
+    metrics = proxy.proxy.metrics.render().decode()
+    assert "shadowproxy_websocket_upgrades_total 1.0" in metrics
+
+
+async def test_server_sent_events_stream_without_buffering(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    done = asyncio.Event()
+
+    async def events(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: first\n\n")
+        await done.wait()  # the stream stays open until the test has seen the first event
+        await response.write(b"data: last\n\n")
+        await response.write_eof()
+        return response
+
+    primary = await serve(events)
+    candidate = await serve(events)
+    proxy = await make_proxy(primary.url, candidate.url)
+    started = time.perf_counter()
+    async with client.get(proxy.url + "/events") as response:
+        first = await response.content.readuntil(b"\n\n")
+        assert first == b"data: first\n\n"
+        assert time.perf_counter() - started < 0.1
+        done.set()
+        assert await response.content.read() == b"data: last\n\n"
+
+
+async def test_unix_socket_upstream(
+    tmp_path: Path, serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "app.sock"
+    runner = web.ServerRunner(web.Server(ok), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    try:
+        candidate = await serve(ok)
+        proxy = await make_proxy(f"unix://{path}", candidate.url)
+        async with client.get(proxy.url + "/over/unix") as response:
+            assert response.status == 200
+            assert await response.text() == "ok"
+        [record] = await proxy.records()
+        assert record["outcome"] == "match"
+    finally:
+        await runner.cleanup()
+
+
+async def test_https_candidate_is_mirrored_with_its_own_tls_settings(
+    ca: trustme.CA,
+    ca_file: str,
+    serve: Serve,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+    tls_backends: list[web.ServerRunner],
+) -> None:
+    runner, port = await start_tls_backend(ok, server_context(ca, "candidate.internal"))
+    tls_backends.append(runner)
+    primary = await serve(ok)
+    proxy = await make_proxy(
+        primary.url,
+        f"https://127.0.0.1:{port}",
+        candidate={"host": "candidate.internal", "tls": {"ca_file": ca_file}},
+    )
+    async with client.get(proxy.url + "/") as response:
+        assert await response.text() == "ok"
+    [record] = await proxy.records()
+    assert record["outcome"] == "match", record
+
+
+async def exchange_raw(url: str, payload: bytes, *, half_close: bool = True) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(payload)
+    await writer.drain()
+    if half_close:
+        writer.write_eof()
+    data = await reader.read(-1)
+    writer.close()
+    return data
+
+
+async def echo_body(request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(body=b"got:" + await request.read())
+
+
+async def test_http10_client_gets_an_http10_answer(serve: Serve, make_proxy: MakeProxy) -> None:
+    primary = await serve(ok)
+    candidate = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url)
+    raw = await exchange_raw(proxy.url, b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n", half_close=False)
+    assert raw.startswith(b"HTTP/1.0 200")
+    assert raw.endswith(b"\r\n\r\nok")
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    async def path(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text=request.path)
+
+    primary = await serve(path)
+    candidate = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url)
+    pipeline = b"".join(
+        f"GET /{n} HTTP/1.1\r\nHost: x\r\n{'Connection: close' if n == 3 else ''}\r\n\r\n".encode()
+        for n in (1, 2, 3)
+    )
+    raw = await exchange_raw(proxy.url, pipeline, half_close=False)
+    bodies = [part.split(b"\r\n\r\n", 1)[1][:2] for part in raw.split(b"HTTP/1.1 ")[1:]]
+    assert bodies == [b"/1", b"/2", b"/3"]
+
+
+async def test_expect_100_continue(serve: Serve, make_proxy: MakeProxy) -> None:
+    primary = await serve(echo_body)
+    candidate = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    writer.write(b"hello")
+    await writer.drain()
+    final = await reader.read(-1)
+    writer.close()
+    assert final.startswith(b"HTTP/1.1 200")
+    assert final.endswith(b"got:hello")
+
+
+async def test_endless_streams_are_compared_over_a_window(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    stop = asyncio.Event()
+
+    def endless(last: str) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+        async def events(request: web.BaseRequest) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b"data: one\n\ndata: two\n\n")
+            await response.write(f"data: {last}\n\n".encode())
+            await stop.wait()  # never ends on its own
+            return response
+
+        return events
+
+    primary = await serve(endless("three"))
+    candidate = await serve(endless("THREE"))
+    proxy = await make_proxy(primary.url, candidate.url, candidate={"timeout": 0.3})
+    async with client.get(proxy.url + "/events") as response:
+        assert await response.content.readuntil(b"three\n\n")
+        [record] = await proxy.records()  # compared while the client's stream is still open
+    stop.set()
+    assert record["outcome"] == "mismatch"
+    assert "body_truncated" in record["notes"]
+    [difference] = record["differences"]
+    assert difference["where"] == "body"
