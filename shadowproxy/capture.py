@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.bounded import BoundedCopy
 from shadowproxy.config import DEFAULT_REDACT_QUERY, CaptureConfig
 from shadowproxy.endpoints import EndpointPattern, endpoint_of
 from shadowproxy.exchange import Headers
@@ -82,29 +83,6 @@ class CapturePolicy:
         return rate >= 1.0 or (rate > 0.0 and self._random() < rate)
 
 
-class _Bounded:
-    """A copy of a body as it streams past, kept up to a limit; the size counts everything."""
-
-    __slots__ = ("chunks", "kept", "limit", "size")
-
-    def __init__(self, limit: int) -> None:
-        self.chunks: list[bytes] = []
-        self.kept = 0
-        self.size = 0
-        self.limit = limit
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        room = self.limit - self.kept
-        if room > 0:
-            piece = chunk if len(chunk) <= room else chunk[:room]
-            self.chunks.append(piece)
-            self.kept += len(piece)
-
-    def body(self) -> bytes:
-        return b"".join(self.chunks)
-
-
 class Recording:
     """One captured exchange under way on the primary path."""
 
@@ -134,8 +112,8 @@ class Recording:
         self.headers = headers
         self.started_at = time.time()
         self._started = time.perf_counter()
-        self._request = _Bounded(limit)
-        self._response = _Bounded(limit)
+        self._request = BoundedCopy(limit)
+        self._response = BoundedCopy(limit)
 
     def request_chunk(self, chunk: bytes) -> None:
         self._request.add(chunk)

@@ -18,6 +18,7 @@ from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 from shadowproxy import oplog, websocket
+from shadowproxy.bounded import BoundedCopy
 from shadowproxy.capture import CaptureSink, Recording
 from shadowproxy.config import Config
 from shadowproxy.endpoints import endpoint_of
@@ -64,7 +65,7 @@ def _expects_continue(request: web.BaseRequest) -> bool:
 class _Snapshot:
     """The primary's answer as captured so far, taken when a stream's window closes."""
 
-    def __init__(self, upstream: aiohttp.ClientResponse, capture: Capture, started: float):
+    def __init__(self, upstream: aiohttp.ClientResponse, capture: BoundedCopy, started: float):
         self._upstream, self._capture, self._started = upstream, capture, started
 
     def take(self) -> Response:
@@ -81,33 +82,6 @@ class _Snapshot:
 def error_response(status: int, error: str, detail: str, request_id: str) -> web.Response:
     body = orjson.dumps({"error": error, "detail": detail, "request_id": request_id})
     return web.Response(status=status, body=body, content_type="application/json")
-
-
-class Capture:
-    """A bounded copy of a body as it streams past."""
-
-    __slots__ = ("chunks", "kept", "limit", "size")
-
-    def __init__(self, limit: int) -> None:
-        self.chunks: list[bytes] = []
-        self.kept = 0
-        self.size = 0
-        self.limit = limit
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        room = self.limit - self.kept
-        if room > 0:
-            piece = chunk if len(chunk) <= room else chunk[:room]
-            self.chunks.append(piece)
-            self.kept += len(piece)
-
-    @property
-    def overflowed(self) -> bool:
-        return self.size > self.kept
-
-    def body(self) -> bytes:
-        return b"".join(self.chunks)
 
 
 class PrimaryPath:
@@ -265,7 +239,7 @@ class PrimaryPath:
         """
         if expect_continue:
             await request.writer.write(CONTINUE)
-        copy = Capture(self._config.mirror.max_body_bytes) if ticket is not None else None
+        copy = BoundedCopy(self._config.mirror.max_body_bytes) if ticket is not None else None
         limit = self._config.max_request_body_bytes
         received = 0
         async for chunk in request.content.iter_any():
@@ -297,7 +271,7 @@ class PrimaryPath:
             headers=response_headers(upstream.headers.items()),
         )
         await response.prepare(request)
-        capture = Capture(self._config.diff.max_body_bytes) if ticket is not None else None
+        capture = BoundedCopy(self._config.diff.max_body_bytes) if ticket is not None else None
         window = None
         if ticket is not None and capture is not None and is_streaming(upstream.content_type):
             # A stream may outlive any mirror: compare what the window (the candidate's own

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 import yaml
 
+from shadowproxy import argtypes
 from shadowproxy.report.aggregate import EXCHANGE_EVENT, InputCounts, generalise_path
 from shadowproxy.report.filters import RecordFilter
 from shadowproxy.report.read import ReportInputError, read_into
@@ -388,26 +389,6 @@ def render(collector: Collector, thresholds: Thresholds, sources: Sequence[str])
 # --- the command ----------------------------------------------------------------------------
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a number') from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be a fraction above 0, at most 1")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a whole number') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return value
-
-
 def _when(text: str) -> float:
     try:
         return parse_when(text)
@@ -432,7 +413,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--min-share",
-        type=_fraction,
+        type=argtypes.share,
         default=DEFAULT_MIN_SHARE,
         metavar="FRACTION",
         help="share of an endpoint's compared exchanges a place must differ in "
@@ -440,14 +421,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--min-samples",
-        type=_count,
+        type=argtypes.count,
         default=DEFAULT_MIN_SAMPLES,
         metavar="N",
         help=f"compared exchanges an endpoint needs (default {DEFAULT_MIN_SAMPLES})",
     )
     parser.add_argument(
         "--min-distinct",
-        type=_fraction,
+        type=argtypes.share,
         default=DEFAULT_MIN_DISTINCT,
         metavar="FRACTION",
         help="for strings of no known shape: share of distinct primary values "

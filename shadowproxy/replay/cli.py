@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from shadowproxy import argtypes
 from shadowproxy.config import (
     Backend,
     CandidateBackend,
@@ -46,26 +47,6 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_TIMEOUT = 5.0
 PLACEHOLDER_URLS = {"primary": "http://primary.invalid", "candidate": "http://candidate.invalid"}
 PROG = "shadowproxy replay"
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a number') from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be greater than 0")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a whole number') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return value
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -106,23 +87,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "from the primary is noise (see the config's noise section)",
     )
     pace = replay.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive, metavar="N", help="requests per second")
+    pace.add_argument("--rate", type=argtypes.positive, metavar="N", help="requests per second")
     pace.add_argument(
         "--speed",
-        type=_positive,
+        type=argtypes.positive,
         metavar="X",
         help="follow the recorded timing, X times as fast (1: as recorded, 10: ten times faster)",
     )
     replay.add_argument(
         "--concurrency",
-        type=_count,
+        type=argtypes.count,
         default=DEFAULT_CONCURRENCY,
         metavar="N",
         help=f"requests in flight at most (default {DEFAULT_CONCURRENCY})",
     )
     replay.add_argument(
         "--timeout",
-        type=_positive,
+        type=argtypes.positive,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"longest wait for each backend's whole answer (default {DEFAULT_TIMEOUT:g})",
@@ -164,7 +145,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     replay.add_argument(
         "--progress-interval",
-        type=_positive,
+        type=argtypes.positive,
         default=10.0,
         metavar="SECONDS",
         help="seconds between progress lines when standard error is not a terminal",

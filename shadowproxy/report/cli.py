@@ -14,6 +14,7 @@ from typing import IO
 
 from rich.console import Console
 
+from shadowproxy import argtypes
 from shadowproxy.report.aggregate import Aggregator
 from shadowproxy.report.filters import RecordFilter
 from shadowproxy.report.html import render_html
@@ -36,36 +37,6 @@ def _when(text: str) -> float:
         return parse_when(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a number') from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be a fraction between 0 and 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a number') from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be greater than 0")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a whole number') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return value
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -94,25 +65,25 @@ def add_bar_options(parser: argparse.ArgumentParser) -> None:
     """The bars of ``verdict``; ``shadowproxy replay --verdict`` takes the same ones."""
     parser.add_argument(
         "--max-mismatch-rate",
-        type=_fraction,
+        type=argtypes.fraction,
         metavar="RATE",
         help="highest share of mismatching exchanges, e.g. 0.001",
     )
     parser.add_argument(
         "--max-error-rate",
-        type=_fraction,
+        type=argtypes.fraction,
         metavar="RATE",
         help="highest share of exchanges the candidate failed (timeout, refused, ...)",
     )
     parser.add_argument(
         "--max-p99-latency-ratio",
-        type=_positive_float,
+        type=argtypes.positive,
         metavar="RATIO",
         help="highest candidate p99 latency over primary p99 latency, e.g. 1.2",
     )
     parser.add_argument(
         "--min-samples",
-        type=_count,
+        type=argtypes.count,
         default=1,
         metavar="N",
         help="exchanges needed overall (else exit 2) and per endpoint (else it is skipped)",
@@ -145,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     report.add_argument(
         "--top-paths",
-        type=_count,
+        type=argtypes.count,
         default=DEFAULT_TOP_PATHS,
         metavar="N",
         help=f"differing paths shown per endpoint in the table (default {DEFAULT_TOP_PATHS})",
