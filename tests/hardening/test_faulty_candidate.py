@@ -1,0 +1,146 @@
+"""A candidate that refuses, resets, answers garbage, never answers, streams forever or sends
+50 MB: clients get the primary's answers as if nothing happened, each fault is classified in
+the record, and afterwards the proxy holds no more file descriptors, tasks or memory than
+before."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.conftest import RunningProxy
+from tests.e2e.conftest import StartProxy
+from tests.hardening.faults import FaultyBackend
+from tests.hardening.support import MakeProxy, Serve, json_handler
+
+PRIMARY_BODY = b'{"ok": true, "from": "primary"}'
+# Each fault and how the record must name it.
+FAULTS = {
+    "/reset": "reset",
+    "/reset-now": "reset",
+    "/garbage": "invalid_response",
+    "/hang": "timeout",
+    "/hang-mid": "timeout",
+    "/endless": "timeout",
+    "/big": "too_large",
+    "/short": "reset",
+    "/cut": "reset",
+}
+MIB = 1024 * 1024
+
+
+async def settle(measure: Callable[[], int], target: int, timeout: float = 5.0) -> int:
+    """Wait for ``measure()`` to come down to ``target`` (closing is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    value = measure()
+    while value > target and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        value = measure()
+    return value
+
+
+async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    async with session.get(url) as response:
+        return response.status, await response.read()
+
+
+@pytest.mark.timeout(60)
+async def test_candidate_faults_leave_clients_alone_and_are_classified_without_leaks(
+    serve: Serve, faulty: FaultyBackend, make_proxy: MakeProxy
+) -> None:
+    primary = await serve(json_handler(PRIMARY_BODY))
+    # Idle pooled connections close soon (and the client keeps none), so every descriptor
+    # of this process can be counted: "back to baseline" is exact.
+    proxy = await make_proxy(
+        primary.url,
+        faulty.url,
+        primary={"keepalive_timeout": 0.2},
+        candidate={"timeout": 1.0, "keepalive_timeout": 0.2},
+    )
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+        await run_faults(client, proxy, faulty)
+
+
+async def run_faults(
+    client: aiohttp.ClientSession, proxy: RunningProxy, faulty: FaultyBackend
+) -> None:
+    this = psutil.Process()
+    # Warm up: pooled connections, lazily created objects, the first record.
+    assert await one(client, proxy.url + "/ok") == (200, PRIMARY_BODY)
+    await proxy.records()
+    assert await settle(lambda: faulty.open_connections, 0) == 0
+    fds, tasks, rss = this.num_fds(), len(asyncio.all_tasks()), this.memory_info().rss
+
+    for _ in range(2):
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(one(client, proxy.url + path) for path in FAULTS))
+        elapsed = time.perf_counter() - started
+        assert answers == [(200, PRIMARY_BODY)] * len(FAULTS)
+        assert elapsed < 0.9, "clients waited on the candidate"  # its timeout is 1 s
+        records = await proxy.records()
+
+    errors: dict[str, set[Any]] = {}
+    for record in records[1:]:
+        errors.setdefault(record["path"], set()).add(record["candidate"]["error"])
+    assert errors == {path: {kind} for path, kind in FAULTS.items()}
+    assert all(r["outcome"] == "candidate_error" for r in records[1:])
+    assert all(r["primary"]["status"] == 200 for r in records)
+
+    assert await settle(lambda: faulty.open_connections, 0) == 0
+    assert await settle(this.num_fds, fds) <= fds
+    assert await settle(lambda: len(asyncio.all_tasks()), tasks) <= tasks
+    # 50 MB went through twice and 10 MiB of it was kept each time; none of it stays.
+    assert this.memory_info().rss - rss < 40 * MIB
+
+    metrics = proxy.proxy.metrics.render().decode()
+    for kind in set(FAULTS.values()):
+        count = 2 * list(FAULTS.values()).count(kind)
+        assert f'shadowproxy_candidate_errors_total{{kind="{kind}"}} {count}.0' in metrics
+
+
+async def test_candidate_refusing_connections(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    primary = await serve(json_handler(PRIMARY_BODY))
+    proxy = await make_proxy(primary.url, dead)
+    for _ in range(3):
+        assert await one(client, proxy.url + "/x") == (200, PRIMARY_BODY)
+    records = await proxy.records()
+    assert [r["candidate"]["error"] for r in records] == ["refused"] * 3
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+async def test_real_process_returns_to_its_baseline_after_candidate_faults(
+    serve: Serve, faulty: FaultyBackend, start_proxy: StartProxy
+) -> None:
+    primary = await serve(json_handler(PRIMARY_BODY))
+    candidate = {"timeout": 1.0, "keepalive_timeout": 0.2}
+    proxy = await start_proxy(primary.url, faulty.url, candidate=candidate, diff={"workers": 0})
+    process = psutil.Process(proxy.pid)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            assert await one(session, proxy.url + "/ok") == (200, PRIMARY_BODY)
+        await proxy.wait_records(3)
+        assert await settle(lambda: faulty.open_connections, 0) == 0
+        fds, rss = process.num_fds(), process.memory_info().rss
+        for _ in range(3):
+            answers = await asyncio.gather(*(one(session, proxy.url + path) for path in FAULTS))
+            assert answers == [(200, PRIMARY_BODY)] * len(FAULTS)
+        await proxy.wait_records(3 + 3 * len(FAULTS), timeout=30)
+    assert await settle(lambda: faulty.open_connections, 0) == 0
+    assert await settle(process.num_fds, fds) <= fds
+    assert process.memory_info().rss - rss < 60 * MIB
+    assert await proxy.stop() == 0
+    kinds = [r["candidate"]["error"] for r in proxy.records()[3:]]
+    assert sorted(set(kinds)) == sorted(set(FAULTS.values()))
