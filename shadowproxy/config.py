@@ -686,6 +686,10 @@ class LimitsConfig(Model):
     """The request line and each header field (name and value) at most; larger: 431."""
     max_headers: Annotated[int, Field(ge=1, le=10_000)] = 100
     """Header fields per request at most; more: 431."""
+    max_request_body_bytes: Bytes | None = None
+    """Request bodies larger than this get 413: by Content-Length before anything reaches
+    the primary; a chunked body when it grows past the size, and the primary's request is
+    then broken off, never completed. Unset: no cap."""
 
 
 # --- the whole file -------------------------------------------------------------------------
@@ -722,8 +726,6 @@ class Config(Model):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     capture: CaptureConfig | None = None
     """Sampled exchanges written for ``shadowproxy replay``; unset: nothing is captured."""
-    max_request_body_bytes: Bytes | None = None
-    """Requests with larger bodies get 413 before anything reaches the primary; unset: no cap."""
     shutdown_timeout: Seconds = 15.0
     """On SIGTERM, client requests under way get this long to finish."""
     reload: ReloadConfig = Field(default_factory=ReloadConfig)

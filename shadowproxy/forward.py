@@ -32,6 +32,7 @@ from shadowproxy.headers import (
 )
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher, MirrorTicket
+from shadowproxy.record import QueryRedactor
 from shadowproxy.sampling import Sampler, SkipReason
 from shadowproxy.upstream import is_streaming, request_options, target_url
 
@@ -52,6 +53,17 @@ class PassthroughResponse(web.StreamResponse):
 
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ClientBodyFailed(Exception):
+    """The client's body could not be passed on, through the client's doing: too large, not
+    valid HTTP, or the client went away. Never a primary failure."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
 
 
 def _expects_continue(request: web.BaseRequest) -> bool:
@@ -108,12 +120,13 @@ class PrimaryPath:
         self._config = config
         self._options = request_options(config.primary)
         self._sampler = Sampler(config.mirror)
+        self._query = QueryRedactor(config.log.redact_query)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         config = self._config
         request_id = request.headers.get(REQUEST_ID) or new_request_id()
         content_length = request.content_length
-        limit = config.max_request_body_bytes
+        limit = config.limits.max_request_body_bytes
         if limit is not None and content_length is not None and content_length > limit:
             self._metrics.requests.labels("413").inc()
             return error_response(
@@ -199,8 +212,11 @@ class PrimaryPath:
         config = self._config
         data: AsyncIterator[bytes] | None = None
         expect_continue = _expects_continue(request)
+        # Where the body stream says why it stopped, when the client was the cause: aiohttp
+        # reports the primary request as failed and wraps the reason in its own error.
+        body_failed: list[ClientBodyFailed] = []
         if request.body_exists:
-            data = self._request_body(request, ticket, recording, expect_continue)
+            data = self._request_body(request, ticket, recording, expect_continue, body_failed)
         elif ticket is not None:
             ticket.request_complete(b"")
 
@@ -215,6 +231,10 @@ class PrimaryPath:
                 **self._options,
             )
         except Exception as error:
+            if body_failed:
+                if ticket is not None:
+                    ticket.abandon(SkipReason.CLIENT_ABORTED)
+                return self._client_body_failed(body_failed[0], request, request_id)
             if ticket is not None:
                 ticket.abandon(SkipReason.PRIMARY_FAILED)
             return self._primary_failed(error, request, request_id)
@@ -230,8 +250,13 @@ class PrimaryPath:
         ticket: MirrorTicket | None,
         recording: Recording | None = None,
         expect_continue: bool = False,
+        failed: list[ClientBodyFailed] | None = None,
     ) -> AsyncIterator[bytes]:
         """Stream the client's body upstream; keep a copy for the mirror while it fits.
+
+        A body over ``limits.max_request_body_bytes``, one that is not valid HTTP (a broken
+        chunk) or one the client stops sending by closing the connection ends the stream with
+        `ClientBodyFailed`, also put in ``failed``: the primary never gets a complete request.
 
         With ``Expect: 100-continue`` the client is told to send its body once the primary's
         connection is ready for it. The proxy answers the expectation itself, as nginx does,
@@ -240,12 +265,31 @@ class PrimaryPath:
         if expect_continue:
             await request.writer.write(CONTINUE)
         copy = BoundedCopy(self._config.mirror.max_body_bytes) if ticket is not None else None
-        limit = self._config.max_request_body_bytes
+        limit = self._config.limits.max_request_body_bytes
         received = 0
-        async for chunk in request.content.iter_any():
-            received += len(chunk)
-            if limit is not None and received > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=received)
+        chunks = aiter(request.content.iter_any())
+        while True:
+            problem: ClientBodyFailed | None = None
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except web.RequestPayloadError:
+                problem = ClientBodyFailed(400, "bad_request", "the request body is malformed")
+            except ConnectionError:
+                problem = ClientBodyFailed(
+                    499, "client_aborted", "the client closed the connection"
+                )
+            else:
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    problem = ClientBodyFailed(
+                        413, "request_too_large", f"body exceeds {limit} bytes"
+                    )
+            if problem is not None:
+                if failed is not None:
+                    failed.append(problem)
+                raise problem
             if copy is not None:
                 copy.add(chunk)
                 if copy.overflowed and ticket is not None:
@@ -289,13 +333,21 @@ class PrimaryPath:
                         ticket.primary_complete(snapshot.take())
                 if recording is not None:
                     recording.response_chunk(chunk)
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    # The client went away mid-download: nothing to compare, nothing wrong
+                    # with the primary. handle() counts the mirror as client_aborted.
+                    self._log.debug("client_aborted_download", path=self._query(request.raw_path))
+                    return response
         except (aiohttp.ClientError, TimeoutError) as error:
             # The primary broke off mid-body. The client must see a broken response, not a
             # complete-looking one: close the connection without the final chunk.
             self._metrics.primary_errors.labels("truncated").inc()
             self._log.warning(
-                "primary_body_truncated", request_id=ticket.id if ticket else None, error=str(error)
+                "primary_body_truncated",
+                request_id=ticket.id if ticket else None,
+                error=self._query(str(error)),
             )
             if ticket is not None:
                 ticket.abandon(SkipReason.PRIMARY_FAILED)
@@ -324,12 +376,28 @@ class PrimaryPath:
             )
         return response
 
+    def _client_body_failed(
+        self, failure: ClientBodyFailed, request: web.BaseRequest, request_id: str
+    ) -> web.StreamResponse:
+        """The answer when the client's body could not be passed on (the client may be gone,
+        then nobody reads it). The connection closes after it: the rest of the body, if any,
+        is not worth reading."""
+        self._metrics.requests.labels(str(failure.status)).inc()
+        self._metrics.rejected.labels(failure.error).inc()
+        self._log.info(
+            "client_body_failed",
+            request_id=request_id,
+            method=request.method,
+            path=self._query(request.raw_path),
+            error=failure.error,
+        )
+        response = error_response(failure.status, failure.error, failure.detail, request_id)
+        response.force_close()
+        return response
+
     def _primary_failed(
         self, error: Exception, request: web.BaseRequest, request_id: str
     ) -> web.StreamResponse:
-        if isinstance(error, web.HTTPRequestEntityTooLarge):
-            self._metrics.requests.labels("413").inc()
-            return error_response(413, "request_too_large", error.text or "", request_id)
         if isinstance(error, TimeoutError):
             status, kind, detail = 504, "primary_timeout", "the primary did not answer in time"
         elif isinstance(error, aiohttp.ClientConnectorError):
@@ -342,5 +410,6 @@ class PrimaryPath:
         self._metrics.requests.labels(str(status)).inc()
         self._metrics.primary_errors.labels(kind).inc()
         fields: dict[str, Any] = {"request_id": request_id, "method": request.method}
-        self._log.warning(kind, path=request.raw_path, error=repr(error), **fields)
+        path, text = self._query(request.raw_path), self._query(repr(error))
+        self._log.warning(kind, path=path, error=text, **fields)
         return error_response(status, kind, detail, request_id)

@@ -5,16 +5,19 @@ details) and header values that mirror rules set on the candidate's copy."""
 
 from __future__ import annotations
 
+import socket
+
 import aiohttp
 import orjson
 import pytest
+import structlog
 from aiohttp import web
 
 from tests.conftest import RawResponder
 from tests.e2e.conftest import StartProxy
-from tests.hardening.support import Serve, ServeRaw
+from tests.hardening.support import MakeProxy, Serve, ServeRaw, json_handler
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+pytestmark = pytest.mark.timeout(60)
 
 # Every secret below contains this, so one search finds any of them.
 MARK = "SECRET"
@@ -55,6 +58,7 @@ def candidate_responder() -> RawResponder:
     return respond
 
 
+@pytest.mark.e2e
 async def test_secrets_through_every_path_stay_out_of_logs_and_admin_endpoints(
     serve: Serve, serve_raw: ServeRaw, start_proxy: StartProxy
 ) -> None:
@@ -124,3 +128,19 @@ async def test_secrets_through_every_path_stay_out_of_logs_and_admin_endpoints(
     changes = config["mirror"]["rules"][0]["headers"]
     assert changes["set"]["Authorization"] == "[redacted]"
     assert changes["add"] == {"X-Api-Key": "[redacted]", "X-Env": "shadow"}
+
+
+async def test_operational_log_leaves_query_secrets_out_when_the_primary_fails(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    candidate = await serve(json_handler(b"{}"))
+    proxy = await make_proxy(dead, candidate.url)
+    with structlog.testing.capture_logs() as events:
+        async with client.get(proxy.url + "/x?token=Q-SECRET&page=1") as response:
+            assert response.status == 502
+    [event] = [e for e in events if e["event"] == "primary_unreachable"]
+    assert event["path"] == "/x?token=[redacted]&page=1"
+    assert MARK not in repr(events)
