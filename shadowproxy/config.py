@@ -681,7 +681,8 @@ class LimitsConfig(Model):
     headers in (slowloris) gets 408 and is cut off."""
     idle_timeout: Seconds = 75.0
     """Seconds a connection may sit idle (before its first request or between two) before the
-    proxy closes it. Keep it above the idle timeout of a load balancer in front."""
+    proxy closes it, and a request body may stall before the request gets 408 (the primary's
+    request is then broken off). Keep it above the idle timeout of a load balancer in front."""
     max_header_size: Annotated[int, BeforeValidator(_parse_size), Field(ge=KIB, le=MIB)] = 8190
     """The request line and each header field (name and value) at most; larger: 431."""
     max_headers: Annotated[int, Field(ge=1, le=10_000)] = 100

@@ -265,8 +265,9 @@ class PrimaryPath:
         """Stream the client's body upstream; keep a copy for the mirror while it fits.
 
         A body over ``limits.max_request_body_bytes``, one that is not valid HTTP (a broken
-        chunk) or one the client stops sending by closing the connection ends the stream with
-        `ClientBodyFailed`, also put in ``failed``: the primary never gets a complete request.
+        chunk), one that stalls for ``limits.idle_timeout`` or one the client stops sending by
+        closing the connection ends the stream with `ClientBodyFailed`, also put in
+        ``failed``: the primary never gets a complete request.
 
         With ``Expect: 100-continue`` the client is told to send its body once the primary's
         connection is ready for it. The proxy answers the expectation itself, as nginx does,
@@ -276,14 +277,18 @@ class PrimaryPath:
             await request.writer.write(CONTINUE)
         copy = BoundedCopy(self._config.mirror.max_body_bytes) if ticket is not None else None
         limit = self._config.limits.max_request_body_bytes
+        stall = self._config.limits.idle_timeout
         received = 0
         chunks = aiter(request.content.iter_any())
         while True:
             problem: ClientBodyFailed | None = None
             try:
-                chunk = await anext(chunks)
+                async with asyncio.timeout(stall):
+                    chunk = await anext(chunks)
             except StopAsyncIteration:
                 break
+            except TimeoutError:
+                problem = ClientBodyFailed(408, "request_timeout", "the request body stalled")
             except web.RequestPayloadError:
                 problem = ClientBodyFailed(400, "bad_request", "the request body is malformed")
             except ConnectionError:

@@ -136,3 +136,29 @@ async def test_client_leaving_mid_download_is_no_primary_error(
     metrics = proxy.proxy.metrics.render().decode()
     assert "shadowproxy_primary_errors_total{" not in metrics
     assert 'shadowproxy_mirror_skipped_total{reason="client_aborted"} 1.0' in metrics
+
+
+async def test_a_stalled_body_is_cut_off_after_the_idle_timeout(
+    serve: Serve, make_proxy: MakeProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    whole_bodies: list[int] = []
+
+    async def reads(request: web.BaseRequest) -> web.StreamResponse:
+        whole_bodies.append(len(await request.read()))
+        return web.Response(text="ok")
+
+    primary = await serve(reads, read_body=False)
+    candidate = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url, limits={"idle_timeout": 0.5})
+    reader, writer = await asyncio.open_connection(*host_port(proxy.url))
+    writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10)
+    await writer.drain()
+    answer = await read_all(reader, 5, whole=True)
+    writer.close()
+    assert answer.status == 408, answer.data
+    assert error_of(answer) == "request_timeout"
+    await still_serving(proxy.url)
+    assert whole_bodies == [0]  # the GET's; the POST's body never arrived whole
+    metrics = proxy.proxy.metrics.render().decode()
+    assert "shadowproxy_primary_errors_total{" not in metrics
+    assert_no_traceback(caplog)
