@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,22 @@ from shadowproxy.exchange import Failure, FailureKind, Response
 # Headers aiohttp would add on its own; the backend must see only what the client sent.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 READ_CHUNK = 64 * 1024
+# Shared by every request: aiohttp only reads it.
+_SKIP_ALL: CIMultiDict[None] = CIMultiDict((name, None) for name in sorted(SKIP_AUTO_HEADERS))
+
+
+class PassthroughRequest(aiohttp.ClientRequest):
+    """A request that adds none of the headers aiohttp adds when they are missing.
+
+    aiohttp works out per request which of Accept, Accept-Encoding and User-Agent to add,
+    sorting and copying the skip list and copying the headers to do so; here the answer is
+    always "none of them", so it is worked out once. The skip list is kept where aiohttp looks
+    for it later (Content-Type for a body). tests/test_upstream_sessions.py checks that nothing
+    is added, should aiohttp's internals change.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _SKIP_ALL
 
 
 def tls_context(backend: Backend) -> ssl.SSLContext | None:
@@ -81,6 +97,7 @@ def make_session(backend: Backend, *, stream_timeout: bool) -> aiohttp.ClientSes
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=SKIP_AUTO_HEADERS,
+        request_class=PassthroughRequest,
         trust_env=False,
         read_bufsize=READ_CHUNK,
     )
