@@ -139,22 +139,28 @@ def print_sample(row: dict[str, Any]) -> None:
 
 
 def summarize(samples: list[dict[str, Any]], minute: float) -> dict[str, Any]:
-    after_first = next((s for s in samples if s["t_s"] >= minute), samples[0])
-    end = samples[-1]
+    """The first sample a minute in against the last one under load; the very last sample,
+    taken once the load has stopped, shows what stays open when the proxy is idle."""
+    loaded = [s for s in samples if not s.get("idle")] or samples
+    after_first = next((s for s in loaded if s["t_s"] >= minute), loaded[0])
+    end, idle = loaded[-1], samples[-1]
     growth = (end["rss_bytes"] - after_first["rss_bytes"]) / max(after_first["rss_bytes"], 1)
     return {
         "rss_after_first_minute_bytes": after_first["rss_bytes"],
         "rss_after_first_minute_at_s": after_first["t_s"],
         "rss_end_bytes": end["rss_bytes"],
+        "rss_end_at_s": end["t_s"],
         "rss_growth": round(growth, 4),
         "rss_target": "within 10%",
         "rss_target_met": abs(growth) <= 0.10,
         "fds_after_first_minute": after_first["fds"],
         "fds_end": end["fds"],
-        "fds_max": max(s["fds"] for s in samples),
+        "fds_max": max(s["fds"] for s in loaded),
+        "fds_idle_after": idle["fds"],
         "tasks_after_first_minute": after_first["tasks"],
         "tasks_end": end["tasks"],
-        "tasks_max": max(s["tasks"] for s in samples),
+        "tasks_max": max(s["tasks"] for s in loaded),
+        "tasks_idle_after": idle["tasks"],
     }
 
 
@@ -205,7 +211,7 @@ def run(args: argparse.Namespace, tools: harness.Tools, work: Path) -> dict[str,
                 next_at += args.interval
             time.sleep(min(0.5, max(0.0, next_at - time.monotonic())))
         stdout, _ = wrk.communicate()
-        samples.append(sample(proxy, tasks_dir, started))
+        samples.append({**sample(proxy, tasks_dir, started), "idle": True})
         print_sample(samples[-1])
         load = harness.parse_wrk_output(stdout)
         metrics = proxy.metrics()
@@ -254,14 +260,16 @@ def print_summary(data: dict[str, Any]) -> None:
         print(f"  {key} {value}")
     print(
         f"memory: {mib(s['rss_after_first_minute_bytes'])} MiB at "
-        f"{s['rss_after_first_minute_at_s']:.0f} s, {mib(s['rss_end_bytes'])} MiB at the end: "
+        f"{s['rss_after_first_minute_at_s']:.0f} s, {mib(s['rss_end_bytes'])} MiB at "
+        f"{s['rss_end_at_s']:.0f} s: "
         f"{s['rss_growth']:+.1%} (target within 10%: "
         f"{'met' if s['rss_target_met'] else 'MISSED'})"
     )
     print(
-        f"file descriptors: {s['fds_after_first_minute']} -> {s['fds_end']} (max {s['fds_max']})"
-        f"; asyncio tasks: {s['tasks_after_first_minute']} -> {s['tasks_end']} "
-        f"(max {s['tasks_max']})"
+        f"file descriptors: {s['fds_after_first_minute']} -> {s['fds_end']} (max {s['fds_max']}, "
+        f"{s['fds_idle_after']} once the load stopped); asyncio tasks: "
+        f"{s['tasks_after_first_minute']} -> {s['tasks_end']} (max {s['tasks_max']}, "
+        f"{s['tasks_idle_after']} once the load stopped)"
     )
 
 
