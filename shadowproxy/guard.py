@@ -246,7 +246,13 @@ class GuardedRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """The answer to a request that failed before the proxy's handler could answer it:
-        one that could not be parsed, or (a bug) an exception out of the handler."""
+        one that could not be parsed, a client that went away, or (a bug) an exception out of
+        the handler."""
+        if isinstance(exc, ConnectionError):
+            # The client closed its connection before its answer could be written: its doing,
+            # counted as nginx does (499), and nothing to answer.
+            self._rejected(499, "client_aborted", "the client went away", request.remote)
+            raise exc
         if not isinstance(exc, HttpProcessingError):
             oplog.get().error("request_failed", status=status, error=repr(exc), exc_info=exc)
         if request.writer.output_size > 0:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests.conftest import Backend, Handler, RawResponder, RunningProxy
 
@@ -236,3 +237,30 @@ async def test_primary_timeout_gives_504(
     async with client.get(proxy.url + "/slow") as response:
         assert response.status == 504
         assert (await response.json())["error"] == "primary_timeout"
+
+
+async def test_client_gone_before_the_answer_is_not_an_error(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy
+) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(_: web.BaseRequest) -> web.StreamResponse:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="late")
+
+    primary = await serve(slow)
+    proxy = await make_proxy(primary.url, candidate.url)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with capture_logs() as logs:
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await arrived.wait()
+        writer.close()
+        await writer.wait_closed()
+        release.set()
+        await proxy.records()
+        async with aiohttp.ClientSession() as session, session.get(proxy.url + "/next") as r:
+            assert r.status == 200  # and the proxy keeps serving
+    assert not [e for e in logs if e["log_level"] == "error"], logs
