@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from typing import Any
 
 import harness
 from harness import BenchError, Tools, log
+
+from shadowproxy.cli import available_cores
 
 CANDIDATES = ("healthy", "slow")
 
@@ -129,10 +130,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.workers is None:
         args.workers = available_cores()
     return args
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def start_target(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -106,6 +107,16 @@ def error_response(status: int, error: str, detail: str, request_id: str) -> web
     return web.Response(status=status, body=body, content_type="application/json")
 
 
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """What a config means for the primary path, built once per config and swapped whole."""
+
+    config: Config
+    options: Mapping[str, Any]
+    sampler: Sampler
+    query: QueryRedactor
+
+
 class PrimaryPath:
     """The request handler of the proxy listener."""
 
@@ -127,13 +138,20 @@ class PrimaryPath:
 
     def configure(self, config: Config) -> None:
         """Swap in a new config; requests under way keep the values they started with."""
-        self._config = config
-        self._options = request_options(config.primary)
-        self._sampler = Sampler(config.mirror)
-        self._query = QueryRedactor(config.log.redact_query)
+        self._settings = _Settings(
+            config=config,
+            options=request_options(config.primary),
+            sampler=Sampler(config.mirror),
+            query=QueryRedactor(config.log.redact_query),
+        )
+
+    @property
+    def _query(self) -> QueryRedactor:
+        return self._settings.query
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        config = self._config
+        settings = self._settings  # one config for the whole request, whatever reloads meanwhile
+        config = settings.config
         request_id = request.headers.get(REQUEST_ID) or new_request_id()
         content_length = request.content_length
         limit = config.limits.max_request_body_bytes
@@ -147,7 +165,8 @@ class PrimaryPath:
         headers = upstream_request_headers(
             request.headers, client_ip=client_ip, scheme=request.scheme, request_id=request_id
         )
-        if _expects_continue(request):
+        expect_continue = _expects_continue(request)
+        if expect_continue:
             headers.popall("Expect", None)
         if websocket.is_upgrade(request):
             self._metrics.websockets.inc()
@@ -156,25 +175,28 @@ class PrimaryPath:
                 self._session,
                 target_url(config.primary, request.raw_path),
                 with_host(headers, config.primary.host),
-                self._options,
+                settings.options,
             )
-        ticket = self._admit(request, request_id, client_ip, headers, content_length)
+        ticket = self._admit(settings, request, request_id, client_ip, headers, content_length)
         recording = self._record(request, request_id, headers)
         try:
-            return await self._forward(request, request_id, headers, ticket, recording)
+            return await self._forward(
+                settings, request, request_id, headers, ticket, recording, expect_continue
+            )
         finally:
             if ticket is not None:
                 ticket.abandon(SkipReason.CLIENT_ABORTED)
 
     def _admit(
         self,
+        settings: _Settings,
         request: web.BaseRequest,
         request_id: str,
         client_ip: str,
         headers: CIMultiDict[str],
         content_length: int | None,
     ) -> MirrorTicket | None:
-        decision = self._sampler.decide(
+        decision = settings.sampler.decide(
             request.method,
             request.raw_path,
             headers=request.headers,
@@ -213,20 +235,23 @@ class PrimaryPath:
 
     async def _forward(
         self,
+        settings: _Settings,
         request: web.BaseRequest,
         request_id: str,
         headers: CIMultiDict[str],
         ticket: MirrorTicket | None,
-        recording: Recording | None = None,
+        recording: Recording | None,
+        expect_continue: bool,
     ) -> web.StreamResponse:
-        config = self._config
+        config = settings.config
         data: AsyncIterator[bytes] | None = None
-        expect_continue = _expects_continue(request)
         # Where the body stream says why it stopped, when the client was the cause: aiohttp
         # reports the primary request as failed and wraps the reason in its own error.
         body_failed: list[ClientBodyFailed] = []
         if request.body_exists:
-            data = self._request_body(request, ticket, recording, expect_continue, body_failed)
+            data = self._request_body(
+                config, request, ticket, recording, expect_continue, body_failed
+            )
         elif ticket is not None:
             ticket.request_complete(b"")
 
@@ -238,7 +263,7 @@ class PrimaryPath:
                 headers=with_host(headers, config.primary.host),
                 data=data,
                 allow_redirects=False,
-                **self._options,
+                **settings.options,
             )
         except Exception as error:
             if body_failed:
@@ -250,12 +275,13 @@ class PrimaryPath:
             return self._primary_failed(error, request, request_id)
 
         try:
-            return await self._answer(request, upstream, ticket, started, recording)
+            return await self._answer(config, request, upstream, ticket, started, recording)
         finally:
             upstream.release()
 
     async def _request_body(
         self,
+        config: Config,
         request: web.BaseRequest,
         ticket: MirrorTicket | None,
         recording: Recording | None = None,
@@ -275,9 +301,9 @@ class PrimaryPath:
         """
         if expect_continue:
             await request.writer.write(CONTINUE)
-        copy = BoundedCopy(self._config.mirror.max_body_bytes) if ticket is not None else None
-        limit = self._config.limits.max_request_body_bytes
-        stall = self._config.limits.idle_timeout
+        copy = BoundedCopy(config.mirror.max_body_bytes) if ticket is not None else None
+        limit = config.limits.max_request_body_bytes
+        stall = config.limits.idle_timeout
         received = 0
         chunks = aiter(request.content.iter_any())
         while True:
@@ -318,6 +344,7 @@ class PrimaryPath:
 
     async def _answer(
         self,
+        config: Config,
         request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         ticket: MirrorTicket | None,
@@ -332,16 +359,18 @@ class PrimaryPath:
         content = upstream.content
         if content.is_eof() and content.exception() is None:
             # The whole body came with the headers, as most small answers do.
-            return await self._answer_whole(request, upstream, response, ticket, started, recording)
+            return await self._answer_whole(
+                config, request, upstream, response, ticket, started, recording
+            )
         await response.prepare(request)
-        capture = BoundedCopy(self._config.diff.max_body_bytes) if ticket is not None else None
+        capture = BoundedCopy(config.diff.max_body_bytes) if ticket is not None else None
         window = None
         if ticket is not None and capture is not None and is_streaming(upstream.content_type):
             # A stream may outlive any mirror: compare what the window (the candidate's own
             # deadline) or the capture cap holds, and let the client's stream go on.
             snapshot = _Snapshot(upstream, capture, started)
             window = asyncio.get_running_loop().call_later(
-                self._config.candidate.timeout, lambda: ticket.primary_complete(snapshot.take())
+                config.candidate.timeout, lambda: ticket.primary_complete(snapshot.take())
             )
         try:
             async for chunk in upstream.content.iter_any():
@@ -382,6 +411,7 @@ class PrimaryPath:
 
     async def _answer_whole(
         self,
+        config: Config,
         request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         response: PassthroughResponse,
@@ -395,7 +425,7 @@ class PrimaryPath:
         await response.prepare(request)
         body = upstream.content.read_nowait()
         await response.write_eof(body)
-        capture = BoundedCopy(self._config.diff.max_body_bytes) if ticket is not None else None
+        capture = BoundedCopy(config.diff.max_body_bytes) if ticket is not None else None
         if capture is not None:
             capture.add(body)
         if recording is not None:
