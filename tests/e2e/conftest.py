@@ -111,6 +111,14 @@ class ProxyProcess:
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.process.returncode is None:
             self.process.send_signal(sig)
+        return await self.exited(timeout)
+
+    async def exited(self, timeout: float = 20.0) -> int:
+        """Wait for the process to end on its own (or by a signal sent with ``os.kill``).
+
+        Sending it another signal instead would make ``Popen.send_signal`` reap a process
+        that has just died, and asyncio's child watcher would report 255 for it.
+        """
         async with asyncio.timeout(timeout):
             code = await self.process.wait()
         if self._stderr_task is not None:
