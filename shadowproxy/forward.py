@@ -33,6 +33,7 @@ from shadowproxy.headers import (
 )
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher, MirrorTicket
+from shadowproxy.pool import ConnectFailed, InvalidResponse, Pool, UpstreamError, UpstreamResponse
 from shadowproxy.record import QueryRedactor
 from shadowproxy.sampling import Sampler, SkipReason
 from shadowproxy.upstream import is_streaming, request_options, target_url
@@ -88,13 +89,13 @@ def _expects_continue(request: web.BaseRequest) -> bool:
 class _Snapshot:
     """The primary's answer as captured so far, taken when a stream's window closes."""
 
-    def __init__(self, upstream: aiohttp.ClientResponse, capture: BoundedCopy, started: float):
+    def __init__(self, upstream: UpstreamResponse, capture: BoundedCopy, started: float):
         self._upstream, self._capture, self._started = upstream, capture, started
 
     def take(self) -> Response:
         return Response(
             status=self._upstream.status,
-            headers=tuple(self._upstream.headers.items()),
+            headers=self._upstream.headers,
             body=self._capture.body(),
             size=self._capture.size,
             latency_ms=(time.perf_counter() - self._started) * 1000,
@@ -124,12 +125,14 @@ class PrimaryPath:
         self,
         config: Config,
         *,
-        session: aiohttp.ClientSession,
+        pool: Pool,
+        websocket_session: aiohttp.ClientSession,
         mirror: MirrorDispatcher,
         metrics: Metrics,
         capture: CaptureSink | None = None,
     ) -> None:
-        self._session = session
+        self._pool = pool
+        self._websocket_session = websocket_session
         self._mirror = mirror
         self._capture = capture
         self._metrics = metrics
@@ -172,7 +175,7 @@ class PrimaryPath:
             self._metrics.websockets.inc()
             return await websocket.relay(
                 request,
-                self._session,
+                self._websocket_session,
                 target_url(config.primary, request.raw_path),
                 with_host(headers, config.primary.host),
                 settings.options,
@@ -245,8 +248,8 @@ class PrimaryPath:
     ) -> web.StreamResponse:
         config = settings.config
         data: AsyncIterator[bytes] | None = None
-        # Where the body stream says why it stopped, when the client was the cause: aiohttp
-        # reports the primary request as failed and wraps the reason in its own error.
+        # Where the body stream says why it stopped, when the client was the cause: the
+        # primary request fails with it, and the client is answered for its own fault.
         body_failed: list[ClientBodyFailed] = []
         if request.body_exists:
             data = self._request_body(
@@ -257,13 +260,11 @@ class PrimaryPath:
 
         started = time.perf_counter()
         try:
-            upstream = await self._session.request(
+            upstream = await self._pool.request(
                 request.method,
-                target_url(config.primary, request.raw_path),
-                headers=with_host(headers, config.primary.host),
-                data=data,
-                allow_redirects=False,
-                **settings.options,
+                request.raw_path,
+                with_host(headers, config.primary.host),
+                data,
             )
         except Exception as error:
             if body_failed:
@@ -346,7 +347,7 @@ class PrimaryPath:
         self,
         config: Config,
         request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         ticket: MirrorTicket | None,
         started: float,
         recording: Recording | None = None,
@@ -354,10 +355,9 @@ class PrimaryPath:
         response = PassthroughResponse(
             status=upstream.status,
             reason=upstream.reason,
-            headers=response_headers(upstream.headers.items()),
+            headers=response_headers(upstream.headers),
         )
-        content = upstream.content
-        if content.is_eof() and content.exception() is None:
+        if upstream.complete:
             # The whole body came with the headers, as most small answers do.
             return await self._answer_whole(
                 config, request, upstream, response, ticket, started, recording
@@ -365,7 +365,11 @@ class PrimaryPath:
         await response.prepare(request)
         capture = BoundedCopy(config.diff.max_body_bytes) if ticket is not None else None
         window = None
-        if ticket is not None and capture is not None and is_streaming(upstream.content_type):
+        if (
+            ticket is not None
+            and capture is not None
+            and is_streaming(upstream.header("Content-Type"))
+        ):
             # A stream may outlive any mirror: compare what the window (the candidate's own
             # deadline) or the capture cap holds, and let the client's stream go on.
             snapshot = _Snapshot(upstream, capture, started)
@@ -373,7 +377,7 @@ class PrimaryPath:
                 config.candidate.timeout, lambda: ticket.primary_complete(snapshot.take())
             )
         try:
-            async for chunk in upstream.content.iter_any():
+            while chunk := await upstream.read_chunk():
                 if capture is not None:
                     capture.add(chunk)
                     if window is not None and capture.overflowed:
@@ -388,7 +392,7 @@ class PrimaryPath:
                     # with the primary. handle() counts the mirror as client_aborted.
                     self._log.debug("client_aborted_download", path=self._query(request.raw_path))
                     return response
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (UpstreamError, TimeoutError, ClientBodyFailed) as error:
             # The primary broke off mid-body. The client must see a broken response, not a
             # complete-looking one: close the connection without the final chunk.
             self._metrics.primary_errors.labels("truncated").inc()
@@ -413,7 +417,7 @@ class PrimaryPath:
         self,
         config: Config,
         request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         response: PassthroughResponse,
         ticket: MirrorTicket | None,
         started: float,
@@ -423,7 +427,7 @@ class PrimaryPath:
         that is gone fails the write, as it would fail ``prepare`` on the streaming path."""
         response.send_headers_with_body()
         await response.prepare(request)
-        body = upstream.content.read_nowait()
+        body = upstream.body_nowait()
         await response.write_eof(body)
         capture = BoundedCopy(config.diff.max_body_bytes) if ticket is not None else None
         if capture is not None:
@@ -435,7 +439,7 @@ class PrimaryPath:
 
     def _complete(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         ticket: MirrorTicket | None,
         capture: BoundedCopy | None,
         started: float,
@@ -444,14 +448,12 @@ class PrimaryPath:
         """The client has the whole answer: count it, record it, hand it to the mirror."""
         self._metrics.requests.labels(str(upstream.status)).inc()
         if recording is not None:
-            recording.complete(
-                upstream.status, upstream.reason or "", tuple(upstream.headers.items())
-            )
+            recording.complete(upstream.status, upstream.reason, upstream.headers)
         if ticket is not None and capture is not None:
             ticket.primary_complete(
                 Response(
                     status=upstream.status,
-                    headers=tuple(upstream.headers.items()),
+                    headers=upstream.headers,
                     body=capture.body(),
                     size=capture.size,
                     latency_ms=(time.perf_counter() - started) * 1000,
@@ -483,9 +485,9 @@ class PrimaryPath:
     ) -> web.StreamResponse:
         if isinstance(error, TimeoutError):
             status, kind, detail = 504, "primary_timeout", "the primary did not answer in time"
-        elif isinstance(error, aiohttp.ClientConnectorError):
+        elif isinstance(error, ConnectFailed):
             status, kind, detail = 502, "primary_unreachable", "cannot connect to the primary"
-        elif isinstance(error, aiohttp.ClientResponseError):
+        elif isinstance(error, InvalidResponse):
             status, kind = 502, "primary_invalid_response"
             detail = "the primary's answer is not valid HTTP"
         else:

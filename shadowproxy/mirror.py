@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
 
 from shadowproxy import oplog
@@ -29,6 +28,7 @@ from shadowproxy.exchange import (
 )
 from shadowproxy.headers import mirror_request_headers
 from shadowproxy.metrics import Metrics
+from shadowproxy.pool import Pool
 from shadowproxy.protection import (
     Admission,
     Breaker,
@@ -38,7 +38,7 @@ from shadowproxy.protection import (
     worker_share,
 )
 from shadowproxy.sampling import CandidateEdit, SkipReason
-from shadowproxy.upstream import fetch, is_streaming, request_options, target_url
+from shadowproxy.upstream import fetch, is_streaming
 
 Sink = Callable[[Exchange, Comparison | None, Comparison | None], None]
 """Called with the exchange, the candidate's comparison (None: the candidate failed) and the
@@ -178,8 +178,8 @@ class MirrorDispatcher:
         self,
         config: Config,
         *,
-        candidate_session: aiohttp.ClientSession,
-        secondary_session: aiohttp.ClientSession | None = None,
+        candidate_pool: Pool,
+        secondary_pool: Pool | None = None,
         compare: CompareFn,
         metrics: Metrics,
         sinks: list[Sink],
@@ -187,8 +187,8 @@ class MirrorDispatcher:
         clock: Clock = time.monotonic,
     ) -> None:
         """``workers``: how many processes share ``mirror.max_rps`` (each gets its share)."""
-        self._candidate_session = candidate_session
-        self._secondary_session = secondary_session
+        self._candidate_pool = candidate_pool
+        self._secondary_pool = secondary_pool
         self._compare = compare
         self._metrics = metrics
         self._sinks = sinks
@@ -353,15 +353,13 @@ class MirrorDispatcher:
         self, ticket: MirrorTicket, request: RequestSnapshot, headers: CIMultiDict[str]
     ) -> None:
         # The candidate and the secondary are asked at the same time, beside the primary.
-        candidate_call = self._ask(
-            self._candidate, self._candidate_session, ticket, request, headers
-        )
+        candidate_call = self._ask(self._candidate, self._candidate_pool, ticket, request, headers)
         secondary: Response | Failure | None = None
-        if self._secondary is not None and self._secondary_session is not None:
+        if self._secondary is not None and self._secondary_pool is not None:
             # The secondary runs the primary's version: it gets the rule's header changes (a
             # test tenant, a stripped credential) but not the candidate's path rewrite.
             secondary_call = self._ask(
-                self._secondary, self._secondary_session, ticket, request, headers, rewrite=False
+                self._secondary, self._secondary_pool, ticket, request, headers, rewrite=False
             )
             candidate, secondary = await asyncio.gather(candidate_call, secondary_call)
         else:
@@ -405,7 +403,7 @@ class MirrorDispatcher:
     async def _ask(
         self,
         backend: Backend,
-        session: aiohttp.ClientSession,
+        pool: Pool,
         ticket: MirrorTicket,
         request: RequestSnapshot,
         headers: CIMultiDict[str],
@@ -420,14 +418,13 @@ class MirrorDispatcher:
             if rewrite:
                 path = ticket.edit.path(path)
         return await fetch(
-            session,
-            target_url(backend, path),
+            pool,
+            path,
             method=request.method,
             headers=copy_headers,
             body=request.body,
             deadline=backend.timeout,
             capture_bytes=self._capture_bytes,
-            options=request_options(backend),
         )
 
     def _comparable(

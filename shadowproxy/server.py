@@ -25,10 +25,11 @@ from shadowproxy.guard import GuardedServer
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher
 from shadowproxy.noise import NoiseFilter
+from shadowproxy.pool import Timing
 from shadowproxy.record import LogWriter, QueryRedactor, build_record, outcome_of
 from shadowproxy.redact import Redactor
 from shadowproxy.report.live import LiveView
-from shadowproxy.upstream import make_session
+from shadowproxy.upstream import make_pool, make_session
 from shadowproxy.watch import FileWatcher
 
 LISTEN_BACKLOG = 1024
@@ -104,19 +105,21 @@ class Proxy:
                 )
         self.writer = LogWriter(config.log, on_lost=self.metrics.log_lost.inc, oplog=self.log)
         self.writer.start()
-        self.primary_session = make_session(config.primary, stream_timeout=True)
-        self.candidate_session = make_session(config.candidate, stream_timeout=False)
-        self.secondary_session = (
-            make_session(config.secondary, stream_timeout=False) if config.secondary else None
+        self.primary_pool = make_pool(config.primary, timing=Timing.IDLE)
+        self.candidate_pool = make_pool(config.candidate, timing=Timing.TOTAL)
+        self.secondary_pool = (
+            make_pool(config.secondary, timing=Timing.TOTAL) if config.secondary else None
         )
+        # WebSocket upgrades are relayed by aiohttp's client; it opens no connection until one.
+        self.websocket_session = make_session(config.primary, stream_timeout=True)
         self.noise = NoiseFilter(config, self.worker, self.log)
         self.noise.start()
         self.comparer = Comparer(config.effective_diff())
         await self.comparer.start()
         self.dispatcher = MirrorDispatcher(
             config,
-            candidate_session=self.candidate_session,
-            secondary_session=self.secondary_session,
+            candidate_pool=self.candidate_pool,
+            secondary_pool=self.secondary_pool,
             compare=self.comparer.compare,
             metrics=self.metrics,
             sinks=[self._record],
@@ -125,7 +128,8 @@ class Proxy:
         self.capture = self._open_capture(config)
         self.primary_path = PrimaryPath(
             config,
-            session=self.primary_session,
+            pool=self.primary_pool,
+            websocket_session=self.websocket_session,
             mirror=self.dispatcher,
             metrics=self.metrics,
             capture=self.capture,
@@ -271,10 +275,11 @@ class Proxy:
         for runner in others:
             await runner.cleanup()
         await self.comparer.close()
-        await self.primary_session.close()
-        await self.candidate_session.close()
-        if self.secondary_session is not None:
-            await self.secondary_session.close()
+        await self.primary_pool.close()
+        await self.candidate_pool.close()
+        if self.secondary_pool is not None:
+            await self.secondary_pool.close()
+        await self.websocket_session.close()
         await self.noise.close()
         if self.capture is not None:
             await self.capture.close()

@@ -1,11 +1,15 @@
-"""Connections to the backends: one pooled client session per backend, and failure kinds."""
+"""Connections to the backends: one connection pool per backend, and failure kinds.
+
+HTTP requests go through `shadowproxy.pool`; aiohttp's client session remains for what the
+pool does not speak (WebSocket upgrades).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -14,6 +18,14 @@ from yarl import URL
 
 from shadowproxy.config import Backend
 from shadowproxy.exchange import Failure, FailureKind, Response
+from shadowproxy.pool import (
+    ConnectFailed,
+    ConnectionClosed,
+    InvalidResponse,
+    Pool,
+    Timing,
+    UpstreamResponse,
+)
 
 # Headers aiohttp would add on its own; the backend must see only what the client sent.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -62,6 +74,16 @@ def request_options(backend: Backend) -> dict[str, Any]:
     """Per-request keyword arguments that follow from the backend's config."""
     name = server_hostname(backend)
     return {"server_hostname": name} if name else {}
+
+
+def make_pool(backend: Backend, *, timing: Timing) -> Pool:
+    """The connection pool for one backend, with its TLS settings."""
+    return Pool(
+        backend,
+        timing=timing,
+        ssl_context=tls_context(backend),
+        server_hostname=server_hostname(backend),
+    )
 
 
 def make_session(backend: Backend, *, stream_timeout: bool) -> aiohttp.ClientSession:
@@ -129,13 +151,14 @@ def classify(error: BaseException) -> FailureKind:
     """Name a failure the way the log and the metrics do."""
     if isinstance(error, TimeoutError):
         return FailureKind.TIMEOUT
-    if isinstance(error, aiohttp.ClientConnectorError | ConnectionRefusedError):
+    if isinstance(error, ConnectFailed | aiohttp.ClientConnectorError | ConnectionRefusedError):
         return FailureKind.REFUSED
-    if isinstance(error, aiohttp.ClientResponseError):
+    if isinstance(error, InvalidResponse | aiohttp.ClientResponseError):
         return FailureKind.INVALID_RESPONSE
     if isinstance(
         error,
-        aiohttp.ServerDisconnectedError
+        ConnectionClosed
+        | aiohttp.ServerDisconnectedError
         | aiohttp.ClientPayloadError
         | aiohttp.ClientOSError
         | ConnectionError,
@@ -145,15 +168,14 @@ def classify(error: BaseException) -> FailureKind:
 
 
 async def fetch(
-    session: aiohttp.ClientSession,
-    url: URL,
+    pool: Pool,
+    raw_path: str,
     *,
     method: str,
-    headers: CIMultiDict[str] | Mapping[str, str],
+    headers: CIMultiDict[str],
     body: bytes,
     deadline: float,
     capture_bytes: int,
-    options: Mapping[str, Any] | None = None,
 ) -> Response | Failure:
     """Send one mirrored request and read the whole answer within ``deadline`` seconds.
 
@@ -161,51 +183,60 @@ async def fetch(
     runaway stream are seen) but not kept.
     """
     started = time.perf_counter()
-    loop = asyncio.get_running_loop()
-    ends_at = loop.time() + deadline
+    ends_at = asyncio.get_running_loop().time() + deadline
     try:
-        async with asyncio.timeout_at(ends_at) as scope:
-            async with session.request(
-                method,
-                url,
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                **(options or {}),
-            ) as response:
-                kept = bytearray()
-                size = 0
-                cut = False
-                if is_streaming(response.headers.get("Content-Type")):
-                    # A stream may never end: what arrived by the deadline (or up to the
-                    # capture cap) is the answer, not a timeout.
-                    scope.reschedule(None)
-                    try:
-                        async with asyncio.timeout_at(ends_at):
-                            async for chunk in response.content.iter_any():
-                                size += len(chunk)
-                                kept += chunk[: capture_bytes - len(kept)]
-                                if len(kept) >= capture_bytes:
-                                    cut = True
-                                    break
-                    except TimeoutError:
-                        cut = True
-                else:
-                    async for chunk in response.content.iter_any():
-                        size += len(chunk)
-                        if len(kept) < capture_bytes:
-                            kept += chunk[: capture_bytes - len(kept)]
-                return Response(
-                    status=response.status,
-                    headers=tuple(response.headers.items()),
-                    body=bytes(kept),
-                    size=size,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    truncated=cut or size > len(kept),
-                )
+        response = await pool.request(method, raw_path, headers, body, deadline=ends_at)
     except Exception as error:  # every failure of the candidate is an outcome, not a crash
-        elapsed = (time.perf_counter() - started) * 1000
-        return Failure(kind=classify(error), detail=_describe(error), latency_ms=elapsed)
+        return _failure(error, started)
+    try:
+        if response.complete:
+            # The whole answer came with its head, as most small answers do.
+            body_read = response.body_nowait()
+            size = len(body_read)
+            kept = body_read[:capture_bytes] if size > capture_bytes else body_read
+            cut = False
+        else:
+            kept, size, cut = await _read_body(response, capture_bytes)
+    except Exception as error:
+        return _failure(error, started)
+    finally:
+        response.release()
+    return Response(
+        status=response.status,
+        headers=response.headers,
+        body=kept,
+        size=size,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        truncated=cut or size > len(kept),
+    )
+
+
+async def _read_body(response: UpstreamResponse, capture_bytes: int) -> tuple[bytes, int, bool]:
+    """The body kept up to ``capture_bytes``, its whole size, and whether a stream was cut."""
+    kept = bytearray()
+    size = 0
+    if is_streaming(response.header("Content-Type")):
+        # A stream may never end: what arrived by the deadline (or up to the capture cap)
+        # is the answer, not a timeout.
+        try:
+            while chunk := await response.read_chunk():
+                size += len(chunk)
+                kept += chunk[: capture_bytes - len(kept)]
+                if len(kept) >= capture_bytes:
+                    return bytes(kept), size, True
+        except TimeoutError:
+            return bytes(kept), size, True
+        return bytes(kept), size, False
+    while chunk := await response.read_chunk():
+        size += len(chunk)
+        if len(kept) < capture_bytes:
+            kept += chunk[: capture_bytes - len(kept)]
+    return bytes(kept), size, False
+
+
+def _failure(error: BaseException, started: float) -> Failure:
+    elapsed = (time.perf_counter() - started) * 1000
+    return Failure(kind=classify(error), detail=_describe(error), latency_ms=elapsed)
 
 
 def _describe(error: BaseException) -> str:

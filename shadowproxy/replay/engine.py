@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
 
 from shadowproxy.compare import Comparer
@@ -33,9 +32,10 @@ from shadowproxy.exchange import Exchange, Failure, FailureKind, RequestSnapshot
 from shadowproxy.har import InvalidEntry, Item, ReadCounts, Recorded, parse_entry
 from shadowproxy.headers import HOP_BY_HOP, REDACTED, mirror_request_headers, new_request_id
 from shadowproxy.noise import NoiseModel, without_noise
+from shadowproxy.pool import Pool, Timing
 from shadowproxy.record import build_record
 from shadowproxy.redact import Redactor
-from shadowproxy.upstream import fetch, make_session, request_options, target_url
+from shadowproxy.upstream import fetch, make_pool
 
 _NOT_REPLAYED_HEADERS = HOP_BY_HOP | {"content-length"}
 
@@ -203,7 +203,7 @@ class Replayer:
         self._noise = noise if targets.secondary is not None else None
         self.stats = stats or ReplayStats()
         self._stop = asyncio.Event()
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, Pool] = {}
         self._comparer: Comparer | None = None
 
     def stop(self) -> None:
@@ -226,7 +226,7 @@ class Replayer:
             ("secondary", self.targets.secondary),
         ):
             if backend is not None:
-                self._sessions[name] = make_session(backend, stream_timeout=False)
+                self._pools[name] = make_pool(backend, timing=Timing.TOTAL)
         slots = asyncio.Semaphore(self._concurrency)
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
@@ -259,9 +259,9 @@ class Replayer:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             await comparer.close()
-            for session in self._sessions.values():
-                await session.close()
-            self._sessions.clear()
+            for pool in self._pools.values():
+                await pool.close()
+            self._pools.clear()
             stats.finished = time.monotonic()
         return stats
 
@@ -297,14 +297,13 @@ class Replayer:
         self, name: str, backend: Backend, recorded: Recorded, headers: CIMultiDict[str]
     ) -> Response | Failure:
         return await fetch(
-            self._sessions[name],
-            target_url(backend, recorded.path),
+            self._pools[name],
+            recorded.path,
             method=recorded.method,
             headers=mirror_request_headers(headers, backend.host),
             body=recorded.body or b"",
             deadline=backend.timeout,
             capture_bytes=self._diff.max_body_bytes,
-            options=request_options(backend),
         )
 
     async def _guarded(self, recorded: Recorded) -> None:

@@ -1,0 +1,733 @@
+"""HTTP/1.1 to one backend: a pool of keep-alive connections, answers parsed by llhttp.
+
+Every proxied request crosses this client once for the primary and once more for each
+mirror, so it is kept lean: one asyncio protocol per connection, the C parser of httptools,
+the request head written in one piece, and no per-request object that is not needed.
+aiohttp's client spent about four times the CPU per request on the same work.
+
+One request runs on a connection at a time. Its phases are visible in `Phase`: the head is
+awaited, the body arrives (all of it with the head, for most small answers), then the
+connection goes back to the pool when the answer was whole and both sides keep it alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Final, cast
+
+import aiohttp
+import httptools
+from multidict import CIMultiDict
+from yarl import URL
+
+from shadowproxy.config import Backend
+
+# Reading from a backend pauses when this much of its body waits for a slow reader,
+# and resumes below the low mark: memory per connection stays bounded.
+HIGH_WATER: Final = 256 * 1024
+LOW_WATER: Final = 64 * 1024
+# An answer's head (status line and headers) larger than this is refused, as are more
+# header fields than MAX_HEADERS: a broken backend must not grow the proxy's memory.
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_HEADERS: Final = 256
+# Methods whose request means something with a body: an empty one is sent as
+# ``Content-Length: 0`` so the backend does not wait for one (RFC 9110, section 8.6).
+BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+# A request may be sent again on a new connection when a reused one turned out closed before
+# any byte of the answer came back: the backend closed it while idle. Only for these.
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+
+class UpstreamError(Exception):
+    """The backend gave no usable answer."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection to the backend: refused, unreachable, name unknown, TLS refused."""
+
+
+class InvalidResponse(UpstreamError):
+    """The backend's answer is not valid HTTP/1.1, or its head is too large."""
+
+
+class ConnectionClosed(UpstreamError):
+    """The backend closed the connection before its answer was whole."""
+
+
+class Phase(enum.Enum):
+    HEAD = "head"
+    """Request sent (or being sent); the status line and headers not yet here."""
+    BODY = "body"
+    """Head here; the body arriving."""
+    DONE = "done"
+    """The whole answer is here."""
+    FAILED = "failed"
+
+
+class Timing(enum.Enum):
+    """How the backend's timeout applies to a request."""
+
+    TOTAL = "total"
+    """The whole exchange, head and body, within the timeout: a mirrored request."""
+    IDLE = "idle"
+    """Each wait for the backend within the timeout: a primary's download may take long."""
+
+
+class UpstreamResponse:
+    """One request on one connection, and the answer as it arrives.
+
+    The parser calls the ``on_*`` methods; the caller reads ``status``, ``reason``,
+    ``headers`` and the body, then calls `release`.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_connection",
+        "_deadline",
+        "_error",
+        "_head",
+        "_head_bytes",
+        "_informational",
+        "_is_head",
+        "_keep_alive",
+        "_last_read",
+        "_loop",
+        "_paused",
+        "_raw_headers",
+        "_reason",
+        "_released",
+        "_sender",
+        "_timer",
+        "_timing",
+        "_waiter",
+        "answered",
+        "buffered",
+        "headers",
+        "parser",
+        "phase",
+        "reason",
+        "request_sent",
+        "status",
+    )
+
+    def __init__(self, connection: _Connection, *, is_head: bool) -> None:
+        self._connection = connection
+        self._loop = connection.loop
+        self._is_head = is_head
+        self.parser = httptools.HttpResponseParser(self)
+        # Tolerate what aiohttp's client tolerated of backends: bare LF line ends, spaces
+        # after a chunk size, unusual bytes in header values.
+        self.parser.set_dangerous_leniencies(
+            lenient_headers=True,
+            lenient_optional_cr_before_lf=True,
+            lenient_spaces_after_chunk_size=True,
+        )
+        self.phase = Phase.HEAD
+        self.status = 0
+        self.reason = ""
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.buffered = 0
+        self.answered = False
+        """Some byte of the answer arrived."""
+        self.request_sent = False
+        self._head: asyncio.Future[None] = self._loop.create_future()
+        self._reason = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._informational = False
+        self._keep_alive = False
+        self._chunks: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._paused = False
+        self._released = False
+        self._sender: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timing = Timing.TOTAL
+        self._deadline = 0.0
+        self._last_read = 0.0
+
+    # -- the parser's callbacks --------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # 100 Continue, 103 Early Hints: the real answer follows on the same stream.
+            self._informational = True
+            self._raw_headers.clear()
+            self._reason = b""
+            self._head_bytes = 0
+            return
+        self.status = status
+        self.reason = self._reason.decode("latin-1")
+        if len(self._raw_headers) > MAX_HEADERS:
+            raise InvalidResponse("the answer has too many header fields")
+        self.headers = tuple(
+            [
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self._raw_headers
+            ]
+        )
+        self._keep_alive = self.parser.should_keep_alive()
+        self.phase = Phase.BODY
+        if self._is_head or status in NO_BODY_STATUSES:
+            # No body follows, whatever Content-Length says; llhttp knows that for 204 and
+            # 304 but cannot be told about HEAD, and this parser is not used again.
+            self.on_message_complete()
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.phase is not Phase.BODY:
+            return
+        self._chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and not self._paused:
+            self._paused = True
+            self._connection.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.phase is not Phase.BODY:
+            return
+        self.phase = Phase.DONE
+        self._stop_timer()
+        self._wake()
+
+    # -- what the connection reports ---------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self.phase is Phase.DONE or self.phase is Phase.FAILED:
+            # Bytes after a whole answer: the backend speaks out of turn; never reuse this.
+            self._keep_alive = False
+            return
+        self._last_read = self._loop.time()
+        self.answered = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__context__
+            self.fail(cause if isinstance(cause, UpstreamError) else InvalidResponse(str(error)))
+            return
+        except httptools.HttpParserError as error:
+            self.fail(InvalidResponse(f"the answer is not valid HTTP: {error}"))
+            return
+        if self.phase is Phase.HEAD:
+            # The parser holds an unfinished head in memory: bound it.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.fail(InvalidResponse("the answer's head is too large"))
+
+    def closed(self, error: BaseException | None) -> None:
+        """The connection is gone; an answer that runs until the connection closes is whole."""
+        if self.phase is Phase.BODY and self._ends_with_connection():
+            self._keep_alive = False
+            self.phase = Phase.DONE
+            self._stop_timer()
+            self._wake()
+            return
+        if self.phase is Phase.HEAD:
+            self.fail(ConnectionClosed("the backend closed the connection before answering"))
+        elif self.phase is Phase.BODY:
+            self.fail(ConnectionClosed("the backend closed the connection mid-answer"))
+
+    def fail(self, error: BaseException) -> None:
+        if self.phase is Phase.DONE or self.phase is Phase.FAILED:
+            return
+        self.phase = Phase.FAILED
+        self._error = error
+        self._stop_timer()
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved: a failure nobody awaits is not an error
+        self._wake()
+        self._connection.close()
+
+    # -- timing ------------------------------------------------------------------------
+
+    def start_timer(self, timing: Timing, timeout: float, deadline: float | None) -> None:
+        self._timing = timing
+        now = self._loop.time()
+        if timing is Timing.TOTAL:
+            self._deadline = deadline if deadline is not None else now + timeout
+            self._timer = self._loop.call_at(self._deadline, self._time_out)
+        else:
+            self._deadline = timeout
+            self._last_read = now
+            self._timer = self._loop.call_at(now + timeout, self._time_out)
+
+    def _time_out(self) -> None:
+        self._timer = None
+        if self._timing is Timing.IDLE:
+            # Cheaper than moving a timer on every read: look back when it fires.
+            waited_since = self._loop.time() if self._paused else self._last_read
+            due = waited_since + self._deadline
+            if due > self._loop.time() or self._paused:
+                self._timer = self._loop.call_at(due, self._time_out)
+                return
+        self.fail(TimeoutError())
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- what the caller uses ----------------------------------------------------------
+
+    async def head(self) -> None:
+        await self._head
+
+    @property
+    def complete(self) -> bool:
+        """The whole body is here."""
+        return self.phase is Phase.DONE
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                return value
+        return None
+
+    def body_nowait(self) -> bytes:
+        """The body that has arrived and not been read yet."""
+        chunks = self._chunks
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._consumed(len(body))
+        return body
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body; ``b""`` at its end. Raises what ended it early."""
+        while not self._chunks:
+            if self.phase is Phase.DONE:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self._consumed(len(chunk))
+        return chunk
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read_chunk():
+            yield chunk
+
+    def release(self) -> None:
+        """Done with the answer: the connection goes back to the pool when reusable."""
+        if self._released:
+            return
+        self._released = True
+        self._stop_timer()
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+        reusable = self.phase is Phase.DONE and self._keep_alive and self.request_sent
+        self._connection.finished(self, reusable=reusable)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def attach_sender(self, sender: asyncio.Task[None]) -> None:
+        self._sender = sender
+
+    def _consumed(self, size: int) -> None:
+        self.buffered -= size
+        if self._paused and self.buffered < LOW_WATER:
+            self._paused = False
+            self._last_read = self._loop.time()
+            self._connection.resume_reading()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _ends_with_connection(self) -> bool:
+        for name, _ in self._raw_headers:
+            lowered = name.lower()
+            if lowered == b"content-length" or lowered == b"transfer-encoding":
+                return False
+        return True
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; carries one `UpstreamResponse` at a time."""
+
+    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.is_closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.current: UpstreamResponse | None = None
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio's; they have the same methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        current = self.current
+        if current is None:
+            # An idle connection the backend talks on (a 408 before closing) is not reusable.
+            self.close()
+            return
+        current.feed(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_closed = True
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(ConnectionClosed("the backend closed the connection"))
+            self._drained.exception()
+        current = self.current
+        if current is not None:
+            current.closed(exc)
+        else:
+            self.pool._discard(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def drain(self) -> None:
+        if self.is_closed:
+            raise ConnectionClosed("the backend closed the connection")
+        if self._write_paused:
+            self._drained = self.loop.create_future()
+            await self._drained
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.transport.close()
+
+    def finished(self, response: UpstreamResponse, *, reusable: bool) -> None:
+        if self.current is response:
+            self.current = None
+        self.reused = True
+        if reusable and not self.is_closed and not self.transport_closing():
+            self.pool._put_back(self)
+        else:
+            self.close()
+            self.pool._discard(self)
+
+    def transport_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+
+Body = bytes | AsyncIterator[bytes] | None
+
+
+class Pool:
+    """Keep-alive connections to one backend, at most ``max_connections`` of them."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        timing: Timing,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.timing = timing
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname
+        self._unix = backend.unix_socket
+        self.authorization: str | None = None
+        if self._unix is not None:
+            self._host, self._port = "", 0
+            self.default_host = "localhost"
+            self.prefix = backend.base_url.removeprefix("http://localhost")
+        else:
+            url = URL(backend.url)
+            # The config checked the URL: it has a host, and yarl knows the scheme's port.
+            self._host, self._port = url.host or "", url.port or 80
+            self.default_host = url.host_port_subcomponent or url.host
+            self.prefix = url.raw_path.rstrip("/")
+            if url.user is not None:
+                # Credentials in the URL, as in curl: sent when the client sent none.
+                self.authorization = aiohttp.BasicAuth(url.user, url.password or "").encode()
+        self._limit = backend.max_connections
+        self._timeout = backend.timeout
+        self._connect_timeout = backend.connect_timeout
+        self._keepalive = backend.keepalive_timeout
+        self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open) + self._connecting
+
+    def target(self, raw_path: str) -> str:
+        """The request target for a raw client path: percent-encoding kept as received."""
+        return self.prefix + raw_path if self.prefix else raw_path
+
+    async def request(
+        self,
+        method: str,
+        raw_path: str,
+        headers: CIMultiDict[str],
+        body: Body = None,
+        *,
+        deadline: float | None = None,
+    ) -> UpstreamResponse:
+        """Send one request; return when the answer's head is here.
+
+        ``deadline`` (event-loop time) ends a `Timing.TOTAL` request earlier than the
+        backend's timeout. The caller must `UpstreamResponse.release` what it gets.
+        """
+        loop = asyncio.get_running_loop()
+        if self.timing is Timing.TOTAL and deadline is None:
+            deadline = loop.time() + self._timeout
+        replayable = not isinstance(body, AsyncIterator) and method in IDEMPOTENT
+        head, chunked = _request_head(method, self.target(raw_path), headers, body, self)
+        while True:
+            connection = self._idle_connection(loop)
+            if connection is None:
+                connection = await self._new_connection(loop, deadline)
+            reused = connection.reused
+            response = UpstreamResponse(connection, is_head=method == "HEAD")
+            connection.current = response
+            response.start_timer(self.timing, self._timeout, deadline)
+            if isinstance(body, AsyncIterator):
+                connection.write(head)
+                response.attach_sender(
+                    loop.create_task(_send_body(connection, response, body, chunked))
+                )
+            else:
+                connection.write(head + body if body else head)
+                response.request_sent = True
+            try:
+                await response.head()
+            except ConnectionClosed:
+                response.release()
+                if reused and replayable and not response.answered:
+                    continue  # closed by the backend while idle: a new connection
+                raise
+            except BaseException:
+                response.release()
+                raise
+            return response
+
+    async def close(self) -> None:
+        """Close every connection; answers still being read end as closed."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self._open):
+            connection.close()
+        self._idle.clear()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed("the pool is closed"))
+                waiter.exception()
+
+    # -- connections -------------------------------------------------------------------
+
+    def _idle_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+        idle = self._idle
+        now = loop.time()
+        while idle:
+            connection = idle.pop()
+            if connection.is_closed or connection.transport_closing():
+                self._discard(connection)
+                continue
+            if now - connection.idle_since >= self._keepalive:
+                connection.close()
+                self._discard(connection)
+                continue
+            return connection
+        return None
+
+    async def _new_connection(
+        self, loop: asyncio.AbstractEventLoop, deadline: float | None
+    ) -> _Connection:
+        if self._closed:
+            raise ConnectFailed("the pool is closed")
+        # Waiting for a free slot and connecting share the connect timeout (and the
+        # request's deadline): a backend that takes no more connections fails like one
+        # that does not answer.
+        limit = loop.time() + self._connect_timeout
+        if deadline is not None:
+            limit = min(limit, deadline)
+        async with asyncio.timeout_at(limit):
+            while self.open_connections >= self._limit:
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                reusable = self._idle_connection(loop)
+                if reusable is not None:
+                    return reusable
+            self._connecting += 1
+            try:
+                connection = await self._connect(loop)
+            except BaseException:
+                self._connecting -= 1
+                self._wake_waiter()  # the slot this attempt held is free again
+                raise
+            self._connecting -= 1
+        self._open.add(connection)
+        return connection
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        def factory() -> _Connection:
+            return _Connection(self, loop)
+
+        try:
+            if self._unix is not None:
+                _, protocol = await loop.create_unix_connection(factory, self._unix)
+            else:
+                _, protocol = await loop.create_connection(
+                    factory,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname if self._ssl else None,
+                )
+        except (OSError, ssl.SSLError) as error:
+            raise ConnectFailed(f"cannot connect to {self.default_host}: {error}") from error
+        return protocol
+
+    def _put_back(self, connection: _Connection) -> None:
+        if self._closed:
+            connection.close()
+            self._discard(connection)
+            return
+        connection.idle_since = connection.loop.time()
+        self._idle.append(connection)
+        if self._sweeper is None:
+            self._sweeper = connection.loop.call_later(self._keepalive, self._sweep)
+        self._wake_waiter()
+
+    def _discard(self, connection: _Connection) -> None:
+        if connection in self._open:
+            self._open.discard(connection)
+            if connection in self._idle:
+                self._idle.remove(connection)
+            self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than the keep-alive timeout."""
+        self._sweeper = None
+        if not self._idle:
+            return
+        loop = self._idle[0].loop
+        now = loop.time()
+        for connection in [c for c in self._idle if now - c.idle_since >= self._keepalive]:
+            connection.close()
+            self._discard(connection)
+        if self._idle:
+            oldest = min(c.idle_since for c in self._idle)
+            self._sweeper = loop.call_at(oldest + self._keepalive, self._sweep)
+
+
+def _request_head(
+    method: str, target: str, headers: CIMultiDict[str], body: Body, pool: Pool
+) -> tuple[bytes, bool]:
+    """The request line and headers, and whether the body goes chunked.
+
+    The client's headers are kept in order and case; the proxy adds only the framing the
+    body needs and, when the client sent none, ``Host``.
+    """
+    extra: list[str] = []
+    chunked = False
+    if "Host" not in headers:
+        extra.append(f"Host: {pool.default_host}\r\n")
+    if pool.authorization is not None and "Authorization" not in headers:
+        extra.append(f"Authorization: {pool.authorization}\r\n")
+    if isinstance(body, AsyncIterator):
+        if "Content-Length" not in headers:
+            chunked = True
+            extra.append("Transfer-Encoding: chunked\r\n")
+    elif body:
+        length = str(len(body))
+        if headers.get("Content-Length") != length:
+            headers = headers.copy()
+            headers.popall("Content-Length", None)
+            extra.append(f"Content-Length: {length}\r\n")
+    elif method in BODY_METHODS and "Content-Length" not in headers:
+        extra.append("Content-Length: 0\r\n")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
+        raise ValueError("a header name or value holds a line break")
+    text = f"{method} {target} HTTP/1.1\r\n{fields}{''.join(extra)}\r\n"
+    return text.encode("utf-8", "surrogateescape"), chunked
+
+
+async def _send_body(
+    connection: _Connection,
+    response: UpstreamResponse,
+    body: AsyncIterator[bytes],
+    chunked: bool,
+) -> None:
+    """Stream a request body, chunked when its length is unknown; a failure of the body
+    (the client's doing) or of the connection ends the exchange with that failure."""
+    try:
+        async for chunk in body:
+            if not chunk:
+                continue
+            if chunked:
+                connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                connection.write(chunk)
+            await connection.drain()
+        if chunked:
+            connection.write(b"0\r\n\r\n")
+        response.request_sent = True
+    except asyncio.CancelledError:
+        raise
+    except BaseException as error:
+        response.fail(error)
