@@ -480,7 +480,7 @@ class Pool:
             url = URL(backend.url)
             # The config checked the URL: it has a host, and yarl knows the scheme's port.
             self._host, self._port = url.host or "", url.port or 80
-            self.default_host = url.host_port_subcomponent or url.host
+            self.default_host = url.host_port_subcomponent or self._host
             self.prefix = url.raw_path.rstrip("/")
             if url.user is not None:
                 # Credentials in the URL, as in curl: sent when the client sent none.
