@@ -13,13 +13,13 @@ connection goes back to the pool when the answer was whole and both sides keep i
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final, cast
 
-import aiohttp
 import httptools
 from multidict import CIMultiDict
 from yarl import URL
@@ -28,8 +28,8 @@ from shadowproxy.config import Backend
 
 # Reading from a backend pauses when this much of its body waits for a slow reader,
 # and resumes below the low mark: memory per connection stays bounded.
-HIGH_WATER: Final = 256 * 1024
-LOW_WATER: Final = 64 * 1024
+HIGH_WATER: Final = 64 * 1024
+LOW_WATER: Final = 16 * 1024
 # An answer's head (status line and headers) larger than this is refused, as are more
 # header fields than MAX_HEADERS: a broken backend must not grow the proxy's memory.
 MAX_HEAD_BYTES: Final = 64 * 1024
@@ -90,6 +90,7 @@ class UpstreamResponse:
         "_connection",
         "_deadline",
         "_error",
+        "_feeding",
         "_head",
         "_head_bytes",
         "_informational",
@@ -139,6 +140,7 @@ class UpstreamResponse:
         self._reason = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._feeding = 0
         self._informational = False
         self._keep_alive = False
         self._chunks: deque[bytes] = deque()
@@ -154,13 +156,28 @@ class UpstreamResponse:
 
     # -- the parser's callbacks --------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.phase is not Phase.HEAD:
+            # A second answer in the same read as the first: the backend speaks out of turn.
+            # What follows is ignored, and the connection is not used again.
+            self._keep_alive = False
+
     def on_status(self, status: bytes) -> None:
-        self._reason += status
+        if self.phase is Phase.HEAD:
+            self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name, value))
+        if self.phase is Phase.HEAD:
+            self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.phase is not Phase.HEAD:
+            return
+        if self._head_bytes + self._feeding > MAX_HEAD_BYTES:
+            # Only a head that may be this large is measured exactly.
+            size = len(self._reason) + sum(len(n) + len(v) for n, v in self._raw_headers)
+            if size > MAX_HEAD_BYTES:
+                raise InvalidResponse("the answer's head is too large")
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             # 100 Continue, 103 Early Hints: the real answer follows on the same stream.
@@ -217,6 +234,7 @@ class UpstreamResponse:
             return
         self._last_read = self._loop.time()
         self.answered = True
+        self._feeding = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -484,7 +502,8 @@ class Pool:
             self.prefix = url.raw_path.rstrip("/")
             if url.user is not None:
                 # Credentials in the URL, as in curl: sent when the client sent none.
-                self.authorization = aiohttp.BasicAuth(url.user, url.password or "").encode()
+                credentials = f"{url.user}:{url.password or ''}".encode()
+                self.authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
         self._limit = backend.max_connections
         self._timeout = backend.timeout
         self._connect_timeout = backend.connect_timeout
@@ -701,9 +720,10 @@ def _request_head(
     elif method in BODY_METHODS and "Content-Length" not in headers:
         extra.append("Content-Length: 0\r\n")
     fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
-        raise ValueError("a header name or value holds a line break")
     text = f"{method} {target} HTTP/1.1\r\n{fields}{''.join(extra)}\r\n"
+    lines = len(headers) + len(extra) + 2
+    if text.count("\n") != lines or text.count("\r") != lines:
+        raise ValueError("the method, target or a header holds a line break")
     return text.encode("utf-8", "surrogateescape"), chunked
 
 

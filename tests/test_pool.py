@@ -579,12 +579,6 @@ async def test_answer_that_ends_with_the_connection_is_complete_and_not_reused(
     assert server.accepted == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bytes after a whole answer that arrive in the same read are parsed by the same "
-    "llhttp parser as a second message: its status, headers and body are merged into the "
-    "first answer (status 404, reason 'OKNope', body b'okbad') and the connection is reused",
-)
 async def test_a_second_answer_in_the_same_read_is_not_merged(
     raw_server: StartServer, make_pool: MakePool
 ) -> None:
@@ -653,12 +647,6 @@ async def test_endless_head_is_refused_without_buffering_it(
     assert pool.open_connections == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the head size is only checked after a read that leaves the head unfinished: a "
-    "whole head over MAX_HEAD_BYTES that arrives in one read, or in two with the first under "
-    "the limit (here 70 KiB in one write), is accepted",
-)
 async def test_whole_head_over_the_limit_is_refused(
     serve_raw: ServeRaw, make_pool: MakePool
 ) -> None:
