@@ -16,6 +16,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from shadowproxy.bounded import BoundedCopy
 from shadowproxy.config import Backend
 from shadowproxy.exchange import Failure, FailureKind, Response
 from shadowproxy.pool import (
@@ -213,25 +214,21 @@ async def fetch(
 
 async def _read_body(response: UpstreamResponse, capture_bytes: int) -> tuple[bytes, int, bool]:
     """The body kept up to ``capture_bytes``, its whole size, and whether a stream was cut."""
-    kept = bytearray()
-    size = 0
+    copy = BoundedCopy(capture_bytes)
     if is_streaming(response.header("Content-Type")):
         # A stream may never end: what arrived by the deadline (or up to the capture cap)
         # is the answer, not a timeout.
         try:
             while chunk := await response.read_chunk():
-                size += len(chunk)
-                kept += chunk[: capture_bytes - len(kept)]
-                if len(kept) >= capture_bytes:
-                    return bytes(kept), size, True
+                copy.add(chunk)
+                if copy.kept >= capture_bytes:
+                    return copy.body(), copy.size, True
         except TimeoutError:
-            return bytes(kept), size, True
-        return bytes(kept), size, False
+            return copy.body(), copy.size, True
+        return copy.body(), copy.size, False
     while chunk := await response.read_chunk():
-        size += len(chunk)
-        if len(kept) < capture_bytes:
-            kept += chunk[: capture_bytes - len(kept)]
-    return bytes(kept), size, False
+        copy.add(chunk)
+    return copy.body(), copy.size, False
 
 
 def _failure(error: BaseException, started: float) -> Failure:

@@ -78,13 +78,15 @@ async def run_faults(
     assert await settle(lambda: faulty.open_connections, 0) == 0
     fds, tasks, rss = this.num_fds(), len(asyncio.all_tasks()), this.memory_info().rss
 
-    for _ in range(2):
+    grown_by: list[int] = []
+    for _ in range(4):
         started = time.perf_counter()
         answers = await asyncio.gather(*(one(client, proxy.url + path) for path in FAULTS))
         elapsed = time.perf_counter() - started
         assert answers == [(200, PRIMARY_BODY)] * len(FAULTS)
         assert elapsed < 0.9, "clients waited on the candidate"  # its timeout is 1 s
         records = await proxy.records()
+        grown_by.append(this.memory_info().rss - rss)
 
     errors: dict[str, set[Any]] = {}
     for record in records[1:]:
@@ -96,12 +98,15 @@ async def run_faults(
     assert await settle(lambda: faulty.open_connections, 0) == 0
     assert await settle(this.num_fds, fds) <= fds
     assert await settle(lambda: len(asyncio.all_tasks()), tasks) <= tasks
-    # 50 MB went through twice and 10 MiB of it was kept each time; none of it stays.
-    assert this.memory_info().rss - rss < 40 * MIB
+    # 50 MB went through four times, and the endless answer streamed for a second each time;
+    # 10 MiB of each was kept while compared. The allocator may keep the peak (two captures
+    # and their copies), but nothing stays from one round to the next.
+    assert max(grown_by) < 64 * MIB, grown_by
+    assert grown_by[-1] - grown_by[1] < 8 * MIB, grown_by
 
     metrics = proxy.proxy.metrics.render().decode()
     for kind in set(FAULTS.values()):
-        count = 2 * list(FAULTS.values()).count(kind)
+        count = 4 * list(FAULTS.values()).count(kind)
         assert f'shadowproxy_candidate_errors_total{{kind="{kind}"}} {count}.0' in metrics
 
 
