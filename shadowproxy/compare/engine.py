@@ -6,6 +6,8 @@ decode or to parse are compared in a simpler form, and a note says so.
 
 from __future__ import annotations
 
+from typing import Any
+
 from shadowproxy.compare import decode, media
 from shadowproxy.compare.binary import compare_binary, compare_truncated
 from shadowproxy.compare.collect import Collector
@@ -43,12 +45,21 @@ def content_type(primary: Response, candidate: Response) -> str | None:
     )
 
 
-def _compare_json(primary: bytes, candidate: bytes, rules: CompiledRules, out: Collector) -> bool:
+def _compare_json(
+    primary: bytes,
+    candidate: bytes,
+    rules: CompiledRules,
+    out: Collector,
+    parsed: tuple[Any, Any] | None = None,
+) -> bool:
     """False when either body is not JSON (or too deep to walk); nothing was added then."""
-    try:
-        a, b = parse_json(primary), parse_json(candidate)
-    except NotJson:
-        return False
+    if parsed is not None:
+        a, b = parsed
+    else:
+        try:
+            a, b = parse_json(primary), parse_json(candidate)
+        except NotJson:
+            return False
     total, listed = out.total, len(out.differences)
     try:
         diff_json(a, b, rules, out)
@@ -61,10 +72,14 @@ def _compare_json(primary: bytes, candidate: bytes, rules: CompiledRules, out: C
 
 
 def compare_bodies(
-    primary: Response, candidate: Response, rules: CompiledRules, out: Collector
+    primary: Response,
+    candidate: Response,
+    rules: CompiledRules,
+    out: Collector,
+    parsed: tuple[Any, Any] | None = None,
 ) -> tuple[BodyKind, str | None]:
     """Add body differences to ``out``; returns how the bodies were compared, and the text
-    excerpt if there is one."""
+    excerpt if there is one. ``parsed``: both decoded bodies as JSON, when already parsed."""
     if primary.truncated or candidate.truncated:
         compare_truncated(primary.body, primary.size, candidate.body, candidate.size, out)
         return BodyKind.BINARY, None
@@ -89,7 +104,7 @@ def compare_bodies(
         declared is BodyKind.JSON
         or declared is None
         or (media.looks_like_json(body_p) and media.looks_like_json(body_c))
-    ) and _compare_json(body_p, body_c, rules, out):
+    ) and _compare_json(body_p, body_c, rules, out, parsed):
         return BodyKind.JSON, None
     if declared is BodyKind.JSON:
         out.note("json_invalid")
@@ -124,11 +139,17 @@ def result(out: Collector, body_kind: BodyKind, excerpt: str | None = None) -> C
     )
 
 
-def compare(primary: Response, other: Response, rules: CompiledRules) -> Comparison:
-    """Compare ``other`` (the candidate) with ``primary`` under ``rules``."""
+def compare(
+    primary: Response,
+    other: Response,
+    rules: CompiledRules,
+    parsed: tuple[Any, Any] | None = None,
+) -> Comparison:
+    """Compare ``other`` (the candidate) with ``primary`` under ``rules``; ``parsed`` saves
+    parsing the decoded bodies again when the caller already has them as JSON."""
     out = Collector(rules.max_differences)
     compare_head(primary, other, rules, out)
-    body_kind, excerpt = compare_bodies(primary, other, rules, out)
+    body_kind, excerpt = compare_bodies(primary, other, rules, out, parsed)
     if out.total == 0 and not out.notes:
         return IDENTICAL  # as the fast path answers: a match with nothing to note
     return result(out, body_kind, excerpt)

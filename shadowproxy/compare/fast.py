@@ -10,6 +10,7 @@ about 0.2 ms of CPU (pickling, pipes, futures), several times what the engine ne
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from shadowproxy.compare import decode, engine, media
 from shadowproxy.compare.collect import Collector
@@ -63,27 +64,36 @@ def _small_decoded(response: Response) -> bytes | None:
         return None  # the engine decodes again and notes why it failed
 
 
-def _bodies(primary: Response, candidate: Response) -> _Bodies:
+def _bodies(primary: Response, candidate: Response) -> tuple[_Bodies, tuple[Any, Any] | None]:
+    """How the bodies compare at a glance, and both as parsed JSON when they were parsed."""
     if primary.body == candidate.body and header_value(
         primary.headers, "content-encoding"
     ) == header_value(candidate.headers, "content-encoding"):
-        return _Bodies.EQUAL
+        return _Bodies.EQUAL, None
     body_p, body_c = _small_decoded(primary), _small_decoded(candidate)
     if body_p is None or body_c is None:
-        return _Bodies.LARGE
+        return _Bodies.LARGE, None
     if body_p == body_c:
-        return _Bodies.EQUAL
+        return _Bodies.EQUAL, None
     declared = media.declared_kind(content_type(primary, candidate))
     json_like = media.looks_like_json(body_p) and media.looks_like_json(body_c)
+    parsed = None
     if declared is BodyKind.JSON or (declared is not BodyKind.FORM and json_like):
         try:
-            if canonical_equal(parse_json(body_p), parse_json(body_c)):
-                return _Bodies.EQUAL
+            parsed = parse_json(body_p), parse_json(body_c)
         except NotJson:
             pass
+        else:
+            # Python's == equates more than JSON does (1, 1.0, true): unequal for it means
+            # different JSON, found at C speed; equal for it still needs the canonical check.
+            try:
+                if parsed[0] == parsed[1] and canonical_equal(*parsed):
+                    return _Bodies.EQUAL, None
+            except RecursionError:  # deeper than == walks: the engine says how it differs
+                pass
     small = max(len(body_p), len(body_c)) <= INLINE_ENGINE_MAX_BYTES
     maybe_text = declared is BodyKind.TEXT or (declared is None and not json_like)
-    return _Bodies.SMALL if small and not maybe_text else _Bodies.LARGE
+    return (_Bodies.SMALL if small and not maybe_text else _Bodies.LARGE), parsed
 
 
 def quick_compare(
@@ -98,11 +108,11 @@ def quick_compare(
         compare_head(primary, candidate, rules, out)
         body_kind, _ = compare_bodies(primary, candidate, rules, out)
         return result(out, body_kind)
-    bodies = _bodies(primary, candidate)
+    bodies, parsed = _bodies(primary, candidate)
     if bodies is _Bodies.LARGE:
         return None
     if bodies is _Bodies.SMALL:
-        return engine.compare(primary, candidate, rules)
+        return engine.compare(primary, candidate, rules, parsed)
     if primary.status == candidate.status and (
         not rules.compare_headers or primary.headers == candidate.headers
     ):
