@@ -208,7 +208,7 @@ class PrimaryPath:
         )
         if not decision.mirror:
             assert decision.reason is not None
-            self._metrics.skipped.labels(decision.reason.value).inc()
+            self._metrics.labelled(self._metrics.skipped, decision.reason.value).inc()
             return None
         return self._mirror.admit(
             request_id=request_id,
@@ -446,7 +446,7 @@ class PrimaryPath:
         recording: Recording | None,
     ) -> None:
         """The client has the whole answer: count it, record it, hand it to the mirror."""
-        self._metrics.requests.labels(str(upstream.status)).inc()
+        self._metrics.labelled(self._metrics.requests, str(upstream.status)).inc()
         if recording is not None:
             recording.complete(upstream.status, upstream.reason, upstream.headers)
         if ticket is not None and capture is not None:

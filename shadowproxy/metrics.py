@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
+
+Labelled = TypeVar("Labelled", Counter, Gauge, Histogram)
 
 # Endpoint labels are folded already; this cap keeps a path explosion from exhausting memory.
 MAX_ENDPOINT_LABELS = 200
@@ -74,6 +78,20 @@ class Metrics:
             ["result"], registry=r,
         )  # fmt: skip
         self._endpoints: set[str] = set()
+        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
+
+    def labelled(self, metric: Labelled, *values: str) -> Labelled:
+        """``metric.labels(*values)``, kept for the next time.
+
+        prometheus-client takes a lock and checks every value on each ``labels`` call, several
+        times the cost of the increment; the hot paths count several times per request. Label
+        values are bounded where they are chosen (status codes, reasons, capped endpoints).
+        """
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child  # type: ignore[return-value]
 
     def endpoint_label(self, endpoint: str) -> str:
         if endpoint in self._endpoints:

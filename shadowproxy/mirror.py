@@ -323,7 +323,7 @@ class MirrorDispatcher:
         )
 
     def _count_skip(self, reason: SkipReason) -> None:
-        self._metrics.skipped.labels(reason.value).inc()
+        self._metrics.labelled(self._metrics.skipped, reason.value).inc()
 
     def _release(self) -> None:
         self._in_flight -= 1
@@ -379,7 +379,7 @@ class MirrorDispatcher:
                 self._count_skip(SkipReason.COMPARE_QUEUE)
                 return
         else:
-            self._metrics.candidate_errors.labels(candidate.kind.value).inc()
+            self._metrics.labelled(self._metrics.candidate_errors, candidate.kind.value).inc()
         secondary_comparison: Comparison | None = None
         if secondary is not None:
             primary_for_secondary, secondary = self._comparable(primary, secondary)
@@ -444,7 +444,7 @@ class MirrorDispatcher:
         return primary, other
 
     def _observe(self, backend: str, result: Response | Failure) -> None:
-        self._metrics.latency.labels(backend).observe(result.latency_ms / 1000)
+        self._metrics.labelled(self._metrics.latency, backend).observe(result.latency_ms / 1000)
 
     async def idle(self) -> None:
         """Wait until no mirror is under way (for tests and orderly shutdown)."""

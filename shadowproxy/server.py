@@ -220,7 +220,7 @@ class Proxy:
             self.live.add(record)
         outcome = outcome_of(exchange.candidate, comparison)
         endpoint = self.metrics.endpoint_label(exchange.endpoint)
-        self.metrics.comparisons.labels(outcome.value, endpoint).inc()
+        self.metrics.labelled(self.metrics.comparisons, outcome.value, endpoint).inc()
 
     def reload(self) -> bool:
         """Validate the config file again and swap it in; the old one stays on any error."""
