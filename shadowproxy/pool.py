@@ -81,7 +81,7 @@ class Timing(enum.Enum):
 class UpstreamResponse:
     """One request on one connection, and the answer as it arrives.
 
-    The parser calls the ``on_*`` methods; the caller reads ``status``, ``reason``,
+    The connection's parser calls the ``on_*`` methods; the caller reads ``status``, ``reason``,
     ``headers`` and the body, then calls `release`.
     """
 
@@ -120,14 +120,7 @@ class UpstreamResponse:
         self._connection = connection
         self._loop = connection.loop
         self._is_head = is_head
-        self.parser = httptools.HttpResponseParser(self)
-        # Tolerate what aiohttp's client tolerated of backends: bare LF line ends, spaces
-        # after a chunk size, unusual bytes in header values.
-        self.parser.set_dangerous_leniencies(
-            lenient_headers=True,
-            lenient_optional_cr_before_lf=True,
-            lenient_spaces_after_chunk_size=True,
-        )
+        self.parser = connection.parser
         self.phase = Phase.HEAD
         self.status = 0
         self.reason = ""
@@ -200,7 +193,7 @@ class UpstreamResponse:
         self.phase = Phase.BODY
         if self._is_head or status in NO_BODY_STATUSES:
             # No body follows, whatever Content-Length says; llhttp knows that for 204 and
-            # 304 but cannot be told about HEAD, and this parser is not used again.
+            # 304 but cannot be told about HEAD: the connection gets a fresh parser after.
             self.on_message_complete()
         if not self._head.done():
             self._head.set_result(None)
@@ -362,6 +355,11 @@ class UpstreamResponse:
 
     # -- internals ---------------------------------------------------------------------
 
+    @property
+    def expects_body_after_head(self) -> bool:
+        """The parser may still wait for a body this answer does not have (HEAD)."""
+        return self._is_head
+
     def attach_sender(self, sender: asyncio.Task[None]) -> None:
         self._sender = sender
 
@@ -385,12 +383,30 @@ class UpstreamResponse:
         return True
 
 
+def _new_parser(protocol: _Connection) -> httptools.HttpResponseParser:
+    parser = httptools.HttpResponseParser(protocol)
+    # Tolerate what aiohttp's client tolerated of backends: bare LF line ends, spaces
+    # after a chunk size, unusual bytes in header values.
+    parser.set_dangerous_leniencies(
+        lenient_headers=True,
+        lenient_optional_cr_before_lf=True,
+        lenient_spaces_after_chunk_size=True,
+    )
+    return parser
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; carries one `UpstreamResponse` at a time."""
+    """One keep-alive connection; carries one `UpstreamResponse` at a time.
+
+    Its parser lives as long as it does (llhttp starts over after each whole answer) and
+    hands each callback to the answer under way: building a parser per request cost more
+    than all the callbacks of a small answer.
+    """
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
+        self.parser = _new_parser(self)
         self.transport: asyncio.Transport | None = None
         self.is_closed = False
         self.reused = False
@@ -402,6 +418,34 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio's; they have the same methods.
         self.transport = cast(asyncio.Transport, transport)
+
+    # -- the parser's callbacks, for the answer under way --------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.current is not None:
+            self.current.on_message_begin()
+
+    def on_status(self, status: bytes) -> None:
+        if self.current is not None:
+            self.current.on_status(status)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.current is not None:
+            self.current.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.current is not None:
+            self.current.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.current is not None:
+            self.current.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.current is not None:
+            self.current.on_message_complete()
+
+    # -- the transport's callbacks -------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         current = self.current
@@ -461,6 +505,8 @@ class _Connection(asyncio.Protocol):
             self.current = None
         self.reused = True
         if reusable and not self.is_closed and not self.transport_closing():
+            if response.expects_body_after_head:
+                self.parser = _new_parser(self)
             self.pool._put_back(self)
         else:
             self.close()

@@ -5,6 +5,7 @@ and graceful shutdown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -328,6 +329,10 @@ async def serve(
         workers=workers,
     )
     await proxy.start()
+    # What start-up built (modules, the config, compiled rules, pools) lives as long as the
+    # process: out of the collector's full passes, which otherwise walk it again and again.
+    gc.collect()
+    gc.freeze()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
