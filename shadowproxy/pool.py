@@ -96,7 +96,7 @@ class UpstreamResponse:
         "_informational",
         "_is_head",
         "_keep_alive",
-        "_last_read",
+        "_last_activity",
         "_loop",
         "_paused",
         "_raw_headers",
@@ -145,7 +145,7 @@ class UpstreamResponse:
         self._timer: asyncio.TimerHandle | None = None
         self._timing = Timing.TOTAL
         self._deadline = 0.0
-        self._last_read = 0.0
+        self._last_activity = 0.0
 
     # -- the parser's callbacks --------------------------------------------------------
 
@@ -225,7 +225,7 @@ class UpstreamResponse:
             # Bytes after a whole answer: the backend speaks out of turn; never reuse this.
             self._keep_alive = False
             return
-        self._last_read = self._loop.time()
+        self._last_activity = self._loop.time()
         self.answered = True
         self._feeding = len(data)
         try:
@@ -278,14 +278,14 @@ class UpstreamResponse:
             self._timer = self._loop.call_at(self._deadline, self._time_out)
         else:
             self._deadline = timeout
-            self._last_read = now
+            self._last_activity = now
             self._timer = self._loop.call_at(now + timeout, self._time_out)
 
     def _time_out(self) -> None:
         self._timer = None
         if self._timing is Timing.IDLE:
             # Cheaper than moving a timer on every read: look back when it fires.
-            waited_since = self._loop.time() if self._paused else self._last_read
+            waited_since = self._loop.time() if self._paused else self._last_activity
             due = waited_since + self._deadline
             if due > self._loop.time() or self._paused:
                 self._timer = self._loop.call_at(due, self._time_out)
@@ -363,11 +363,16 @@ class UpstreamResponse:
     def attach_sender(self, sender: asyncio.Task[None]) -> None:
         self._sender = sender
 
+    def sending(self) -> None:
+        """A piece of the request body went out: while the client uploads, the backend is not
+        the one keeping the exchange waiting."""
+        self._last_activity = self._loop.time()
+
     def _consumed(self, size: int) -> None:
         self.buffered -= size
         if self._paused and self.buffered < LOW_WATER:
             self._paused = False
-            self._last_read = self._loop.time()
+            self._last_activity = self._loop.time()
             self._connection.resume_reading()
 
     def _wake(self) -> None:
@@ -789,6 +794,7 @@ async def _send_body(
                 connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             else:
                 connection.write(chunk)
+            response.sending()
             await connection.drain()
         if chunked:
             connection.write(b"0\r\n\r\n")

@@ -825,6 +825,24 @@ async def test_total_timing_ends_the_same_slow_body(
     assert len(received) < 4 * 12
 
 
+async def slow_upload(chunks: int, every: float) -> AsyncIterator[bytes]:
+    """A client that uploads at its own pace."""
+    for _ in range(chunks):
+        await asyncio.sleep(every)  # the client's pace
+        yield b"up"
+
+
+async def test_idle_timing_does_not_count_a_slow_upload_against_the_backend(
+    raw_server: StartServer, make_pool: MakePool
+) -> None:
+    # The backend answers once the whole body is in: 0.6 s of upload, timeout 0.3 s.
+    server = await raw_server(answer_each(ok()))
+    pool = make_pool(server.url, timing=Timing.IDLE, timeout=0.3)
+    response, body = await fetch(pool, "POST", "/up", body=slow_upload(12, 0.05))
+    assert (response.status, body) == (200, b"ok")
+    assert server.requests[0].body == b"up" * 12
+
+
 @pytest.mark.timeout(5)
 async def test_idle_timing_ends_a_body_that_stalls(
     raw_server: StartServer, make_pool: MakePool
