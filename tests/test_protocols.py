@@ -13,7 +13,7 @@ import pytest
 import trustme
 from aiohttp import WSMsgType, web
 
-from tests.conftest import Backend, RunningProxy
+from tests.conftest import Backend, RawResponder, RunningProxy
 
 MakeProxy = Callable[..., Awaitable[RunningProxy]]
 Serve = Callable[..., Awaitable[Backend]]
@@ -285,6 +285,24 @@ async def test_http10_client_gets_an_http10_answer(serve: Serve, make_proxy: Mak
     raw = await exchange_raw(proxy.url, b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n", half_close=False)
     assert raw.startswith(b"HTTP/1.0 200")
     assert raw.endswith(b"\r\n\r\nok")
+
+
+async def test_request_header_bytes_that_are_not_utf8_reach_the_primary_exactly(
+    serve_raw: Callable[[RawResponder], Awaitable[Backend]], serve: Serve, make_proxy: MakeProxy
+) -> None:
+    heads: list[bytes] = []
+
+    async def record(head: bytes) -> bytes:
+        heads.append(head)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    primary = await serve_raw(record)
+    candidate = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url, mirror={"sample_rate": 0})
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Legacy: caf\xe9 \xff\r\nConnection: close\r\n\r\n"
+    raw = await exchange_raw(proxy.url, request, half_close=False)
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert b"\r\nX-Legacy: caf\xe9 \xff\r\n" in heads[0]  # obs-text, byte for byte
 
 
 async def test_pipelined_requests_are_answered_in_order(
