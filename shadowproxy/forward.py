@@ -392,7 +392,18 @@ class PrimaryPath:
                     # with the primary. handle() counts the mirror as client_aborted.
                     self._log.debug("client_aborted_download", path=self._query(request.raw_path))
                     return response
-        except (UpstreamError, TimeoutError, ClientBodyFailed) as error:
+        except ClientBodyFailed as failure:
+            # The primary answered early and the client's upload then broke off: the answer
+            # cannot be finished, through the client's doing.
+            self._log.info(
+                "client_body_failed", path=self._query(request.raw_path), error=failure.error
+            )
+            if ticket is not None:
+                ticket.abandon(SkipReason.CLIENT_ABORTED)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        except (UpstreamError, TimeoutError) as error:
             # The primary broke off mid-body. The client must see a broken response, not a
             # complete-looking one: close the connection without the final chunk.
             self._metrics.primary_errors.labels("truncated").inc()

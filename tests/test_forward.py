@@ -239,6 +239,42 @@ async def test_primary_timeout_gives_504(
         assert (await response.json())["error"] == "primary_timeout"
 
 
+@pytest.mark.timeout(15)
+async def test_upload_that_stalls_after_an_early_answer_is_the_clients_fault(
+    candidate: Backend, make_proxy: MakeProxy
+) -> None:
+    # The primary starts answering as soon as it has the request head; the client sends ten
+    # bytes of a thousand, then stalls past the idle timeout.
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()  # until the proxy gives up on this exchange
+        writer.close()
+
+    primary = await asyncio.start_server(early, "127.0.0.1", 0)
+    port = primary.sockets[0].getsockname()[1]
+    proxy = await make_proxy(
+        f"http://127.0.0.1:{port}", candidate.url, limits={"idle_timeout": 0.3}
+    )
+    host, proxy_port = proxy.url.removeprefix("http://").split(":")
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(host, int(proxy_port))
+        writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            received = await reader.read(-1)  # the proxy closes: the answer cannot be finished
+        writer.close()
+    primary.close()
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    assert received.endswith(b"hello\r\n")  # no last chunk: the client sees a broken answer
+    metrics = proxy.proxy.metrics.render().decode()
+    assert 'shadowproxy_primary_errors_total{kind="truncated"}' not in metrics
+    events = [e["event"] for e in logs]
+    assert "client_body_failed" in events
+    assert "primary_body_truncated" not in events
+
+
 async def test_client_gone_before_the_answer_is_not_an_error(
     serve: Serve, candidate: Backend, make_proxy: MakeProxy
 ) -> None:
