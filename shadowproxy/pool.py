@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import ipaddress
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -41,6 +43,9 @@ BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 # any byte of the answer came back: the backend closed it while idle. Only for these.
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 NO_BODY_STATUSES: Final = frozenset({204, 304})
+# How long a backend's resolved addresses are used before the name is resolved again (as
+# aiohttp's client did); a failed connection forgets them at once.
+DNS_TTL: Final = 60.0
 
 
 class UpstreamError(Exception):
@@ -540,6 +545,9 @@ class Pool:
         self._ssl = ssl_context
         self._server_hostname = server_hostname
         self._unix = backend.unix_socket
+        self._literal = True
+        self._resolved: list[str] = []
+        self._resolved_until = 0.0
         self.authorization: str | None = None
         if self._unix is not None:
             self._host, self._port = "", 0
@@ -549,6 +557,7 @@ class Pool:
             url = URL(backend.url)
             # The config checked the URL: it has a host, and yarl knows the scheme's port.
             self._host, self._port = url.host or "", url.port or 80
+            self._literal = _is_address(self._host)
             self.default_host = url.host_port_subcomponent or self._host
             self.prefix = url.raw_path.rstrip("/")
             if url.user is not None:
@@ -692,17 +701,41 @@ class Pool:
         try:
             if self._unix is not None:
                 _, protocol = await loop.create_unix_connection(factory, self._unix)
-            else:
-                _, protocol = await loop.create_connection(
-                    factory,
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._server_hostname if self._ssl else None,
-                )
-        except (OSError, ssl.SSLError) as error:
+                return protocol
+            addresses = await self._addresses(loop)
+        except OSError as error:
             raise ConnectFailed(f"cannot connect to {self.default_host}: {error}") from error
-        return protocol
+        # The certificate is checked against the name, not the address connected to.
+        name = (self._server_hostname or self._host) if self._ssl else None
+        failure: BaseException | None = None
+        for address in addresses:
+            try:
+                _, protocol = await loop.create_connection(
+                    factory, address, self._port, ssl=self._ssl, server_hostname=name
+                )
+                return protocol
+            except (OSError, ssl.SSLError) as error:
+                failure = error
+        self._resolved_until = 0.0  # the name may point elsewhere by now
+        raise ConnectFailed(f"cannot connect to {self.default_host}: {failure}") from failure
+
+    async def _addresses(self, loop: asyncio.AbstractEventLoop) -> list[str]:
+        """The backend's addresses, resolved at most once per `DNS_TTL` seconds.
+
+        Resolving runs in a thread and, behind a cluster's search domains, may take
+        milliseconds: a backend that closes its connections must not cost that per request.
+        """
+        if self._literal:
+            return [self._host]
+        now = loop.time()
+        if now < self._resolved_until:
+            return self._resolved
+        infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        resolved = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not resolved:
+            raise OSError(f"no address for {self._host}")
+        self._resolved, self._resolved_until = resolved, now + DNS_TTL
+        return resolved
 
     def _put_back(self, connection: _Connection) -> None:
         if self._closed:
@@ -742,6 +775,14 @@ class Pool:
         if self._idle:
             oldest = min(c.idle_since for c in self._idle)
             self._sweeper = loop.call_at(oldest + self._keepalive, self._sweep)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _request_head(

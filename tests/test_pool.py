@@ -298,6 +298,29 @@ async def test_answer_with_connection_close_is_not_reused(
     assert server.accepted == 2
 
 
+async def test_a_name_is_resolved_once_for_many_connections(
+    raw_server: StartServer, make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every answer closes its connection, so every request connects anew; "localhost" may
+    # also give ::1 first, where nothing listens: the next address is tried.
+    server = await raw_server(answer_each(ok(b"x", b"Connection: close")))
+    loop = asyncio.get_running_loop()
+    resolved: list[str] = []
+    real = loop.getaddrinfo
+
+    async def counting(host: Any, *args: Any, **kwargs: Any) -> Any:
+        resolved.append(host)
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", counting)
+    pool = make_pool(server.url.replace("127.0.0.1", "localhost"))
+    for _ in range(3):
+        _, body = await fetch(pool)
+        assert body == b"x"
+    assert server.accepted == 3
+    assert resolved == ["localhost"]
+
+
 async def test_release_before_the_body_is_read_closes_the_connection(
     raw_server: StartServer, make_pool: MakePool
 ) -> None:
