@@ -665,32 +665,35 @@ class Pool:
     ) -> _Connection:
         if self._closed:
             raise ConnectFailed("the pool is closed")
-        # Waiting for a free slot and connecting share the connect timeout (and the
-        # request's deadline): a backend that takes no more connections fails like one
-        # that does not answer.
-        limit = loop.time() + self._connect_timeout
-        if deadline is not None:
-            limit = min(limit, deadline)
-        async with asyncio.timeout_at(limit):
-            while self.open_connections >= self._limit:
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-                try:
-                    await waiter
-                finally:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
-                reusable = self._idle_connection(loop)
-                if reusable is not None:
-                    return reusable
-            self._connecting += 1
-            try:
+        # A request beyond max_connections waits for a slot as long as it would wait for an
+        # answer (the backend's timeout, or the request's deadline); connecting then has
+        # the connect timeout.
+        now = loop.time()
+        waits_until = deadline if deadline is not None else now + self._timeout
+        if self.open_connections >= self._limit:
+            async with asyncio.timeout_at(waits_until):
+                while self.open_connections >= self._limit:
+                    waiter = loop.create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiter in self._waiters:
+                            self._waiters.remove(waiter)
+                    reusable = self._idle_connection(loop)
+                    if reusable is not None:
+                        return reusable
+            if self._closed:
+                raise ConnectFailed("the pool is closed")
+        self._connecting += 1
+        try:
+            async with asyncio.timeout_at(min(loop.time() + self._connect_timeout, waits_until)):
                 connection = await self._connect(loop)
-            except BaseException:
-                self._connecting -= 1
-                self._wake_waiter()  # the slot this attempt held is free again
-                raise
+        except BaseException:
             self._connecting -= 1
+            self._wake_waiter()  # the slot this attempt held is free again
+            raise
+        self._connecting -= 1
         self._open.add(connection)
         return connection
 

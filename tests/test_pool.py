@@ -923,6 +923,39 @@ async def test_max_connections_bounds_concurrent_requests(
     assert server.accepted == 2
 
 
+@pytest.mark.timeout(10)
+async def test_waiting_for_a_slot_is_bounded_by_the_timeout_not_the_connect_timeout(
+    raw_server: StartServer, make_pool: MakePool
+) -> None:
+    held: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+
+    async def handler(peer: Peer) -> None:
+        loop = asyncio.get_running_loop()
+        while await peer.request() is not None:
+            go = loop.create_future()
+            held.put_nowait(go)
+            await go
+            await peer.send(ok())
+
+    server = await raw_server(handler)
+    pool = make_pool(server.url, max_connections=1, connect_timeout=0.1, timeout=1.0)
+    first = asyncio.create_task(fetch(pool))
+    release_first = await held.get()
+    second = asyncio.create_task(fetch(pool))  # waits for the one connection
+    third = asyncio.create_task(fetch(pool))
+    await asyncio.sleep(0.3)  # three connect timeouts: waiting for a slot is not connecting
+    assert not second.done()
+    release_first.set_result(None)
+    (await held.get()).set_result(None)
+    _, body = await second
+    assert body == b"ok"
+    # The third waits on; past the backend's timeout it gives up.
+    with pytest.raises(TimeoutError):
+        await third
+    await first
+    assert server.accepted == 1
+
+
 async def test_slow_reader_bounds_what_is_buffered(
     raw_server: StartServer, make_pool: MakePool
 ) -> None:
