@@ -985,6 +985,23 @@ async def test_slow_reader_bounds_what_is_buffered(
     assert server.accepted == 1
 
 
+async def test_a_whole_answer_released_unread_leaves_its_connection_usable(
+    raw_server: StartServer, make_pool: MakePool
+) -> None:
+    # 100 kB: reading pauses past HIGH_WATER in the same read that completes the answer.
+    server = await raw_server(answer_each(ok(b"x" * 100_000)))
+    pool = make_pool(server.url)
+    response = await pool.request("GET", "/", CIMultiDict())
+    async with asyncio.timeout(2):
+        while not response.complete:  # noqa: ASYNC110 (no event: the answer arrives unread)
+            await asyncio.sleep(0.01)
+    assert response.buffered > HIGH_WATER
+    response.release()  # a caller that had read enough (a capture cap)
+    _, body = await fetch(pool)
+    assert len(body) == 100_000
+    assert server.accepted == 1
+
+
 # -- header injection --------------------------------------------------------------------------
 
 
