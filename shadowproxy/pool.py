@@ -607,9 +607,11 @@ class Pool:
             deadline = loop.time() + self._timeout
         replayable = not isinstance(body, AsyncIterator) and method in IDEMPOTENT
         head, chunked = _request_head(method, self.target(raw_path), headers, body, self)
+        retried = False
         while True:
-            connection = self._idle_connection(loop)
+            connection = None if retried else self._idle_connection(loop)
             if connection is None:
+                # After a stale connection the slot it held is free: a new one may open.
                 connection = await self._new_connection(loop, deadline)
             reused = connection.reused
             response = UpstreamResponse(connection, is_head=method == "HEAD")
@@ -627,8 +629,9 @@ class Pool:
                 await response.head()
             except ConnectionClosed:
                 response.release()
-                if reused and replayable and not response.answered:
-                    continue  # closed by the backend while idle: a new connection
+                if reused and replayable and not response.answered and not retried:
+                    retried = True  # closed by the backend while idle: once more, afresh
+                    continue
                 raise
             except BaseException:
                 response.release()

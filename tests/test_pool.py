@@ -764,6 +764,37 @@ async def test_idempotent_request_on_a_stale_connection_is_retried(
     assert [r.target for r in server.requests] == [b"/", b"/again", b"/again"]
 
 
+async def test_a_retry_goes_to_a_new_connection_and_happens_once(
+    raw_server: StartServer, make_pool: MakePool
+) -> None:
+    # Two kept-alive connections, both closed by the backend when the next request arrives:
+    # the retry does not take the other stale one, it opens a third.
+    opened = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        if peer.index <= 2:
+            await peer.request()
+            if peer.index == 2:
+                opened.set()
+            else:
+                await opened.wait()  # both connections are open before either answers
+            await peer.send(ok(b"first"))
+            await peer.request()
+            return
+        while await peer.request() is not None:
+            await peer.send(ok(b"fresh"))
+
+    server = await raw_server(handler)
+    pool = make_pool(server.url, max_connections=2)
+    first = await asyncio.gather(fetch(pool), fetch(pool))
+    assert [body for _, body in first] == [b"first", b"first"]
+    _, body = await fetch(pool, path="/again")
+    assert body == b"fresh"
+    assert server.accepted == 3
+    # Once on a stale connection, once more on the new one: never a third time.
+    assert [r.target for r in server.requests].count(b"/again") == 2
+
+
 async def test_post_on_a_stale_connection_is_not_retried(
     raw_server: StartServer, make_pool: MakePool
 ) -> None:
