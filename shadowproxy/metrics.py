@@ -48,6 +48,12 @@ class Metrics:
             "shadowproxy_backend_latency_seconds", "Latency to the last body byte.", ["backend"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.connections = Counter(
+            "shadowproxy_backend_connections_opened",
+            "Connections opened to each backend; a rate close to the request rate means the "
+            "backend does not keep connections alive.",
+            ["backend"], registry=r,
+        )  # fmt: skip
         self.in_flight = Gauge(
             "shadowproxy_mirrors_in_flight", "Mirrors under way.", registry=r,
             multiprocess_mode="livesum",

@@ -19,7 +19,7 @@ import ipaddress
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
 
 import httptools
@@ -544,8 +544,11 @@ class Pool:
         timing: Timing,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        on_connect: Callable[[], object] | None = None,
     ) -> None:
+        """``on_connect`` is called for each new connection (a metric of connection churn)."""
         self.backend = backend
+        self._on_connect = on_connect
         self.timing = timing
         self._ssl = ssl_context
         self._server_hostname = server_hostname
@@ -702,6 +705,8 @@ class Pool:
             self._wake_waiter()  # the slot this attempt held is free again
             raise
         self._connecting -= 1
+        if self._on_connect is not None:
+            self._on_connect()
         self._open.add(connection)
         return connection
 

@@ -106,10 +106,19 @@ class Proxy:
                 )
         self.writer = LogWriter(config.log, on_lost=self.metrics.log_lost.inc, oplog=self.log)
         self.writer.start()
-        self.primary_pool = make_pool(config.primary, timing=Timing.IDLE)
-        self.candidate_pool = make_pool(config.candidate, timing=Timing.TOTAL)
+        opened = self.metrics.connections
+        self.primary_pool = make_pool(
+            config.primary, timing=Timing.IDLE, on_connect=opened.labels("primary").inc
+        )
+        self.candidate_pool = make_pool(
+            config.candidate, timing=Timing.TOTAL, on_connect=opened.labels("candidate").inc
+        )
         self.secondary_pool = (
-            make_pool(config.secondary, timing=Timing.TOTAL) if config.secondary else None
+            make_pool(
+                config.secondary, timing=Timing.TOTAL, on_connect=opened.labels("secondary").inc
+            )
+            if config.secondary
+            else None
         )
         # WebSocket upgrades are relayed by aiohttp's client; it opens no connection until one.
         self.websocket_session = make_session(config.primary, stream_timeout=True)

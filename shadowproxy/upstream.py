@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -77,13 +77,16 @@ def request_options(backend: Backend) -> dict[str, Any]:
     return {"server_hostname": name} if name else {}
 
 
-def make_pool(backend: Backend, *, timing: Timing) -> Pool:
+def make_pool(
+    backend: Backend, *, timing: Timing, on_connect: Callable[[], object] | None = None
+) -> Pool:
     """The connection pool for one backend, with its TLS settings."""
     return Pool(
         backend,
         timing=timing,
         ssl_context=tls_context(backend),
         server_hostname=server_hostname(backend),
+        on_connect=on_connect,
     )
 
 

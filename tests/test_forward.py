@@ -275,6 +275,22 @@ async def test_upload_that_stalls_after_an_early_answer_is_the_clients_fault(
     assert "primary_body_truncated" not in events
 
 
+async def test_backend_connections_are_kept_alive_and_counted(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url)
+    for n in range(5):
+        async with client.get(f"{proxy.url}/item/{n}") as response:
+            assert response.status == 200
+        await proxy.records()  # one at a time: each mirror done before the next request
+    metrics = proxy.proxy.metrics.render().decode()
+    for backend in ("primary", "candidate"):
+        opened = f'shadowproxy_backend_connections_opened_total{{backend="{backend}"}} 1.0'
+        assert opened in metrics
+    assert "secondary" not in metrics
+
+
 async def test_client_gone_before_the_answer_is_not_an_error(
     serve: Serve, candidate: Backend, make_proxy: MakeProxy
 ) -> None:
