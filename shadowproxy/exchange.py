@@ -12,6 +12,15 @@ Headers = tuple[tuple[str, str], ...]
 """Header pairs in the order received; repeated names stay repeated."""
 
 
+def first_header(headers: Headers, name: str) -> str | None:
+    """The first value of ``name`` (any case) in ``headers``."""
+    lowered = name.lower()
+    for key, value in headers:
+        if key.lower() == lowered:
+            return value
+    return None
+
+
 class FailureKind(enum.StrEnum):
     """Why a mirrored backend gave no usable response."""
 
@@ -52,11 +61,7 @@ class Response:
     truncated: bool = False
 
     def header(self, name: str) -> str | None:
-        lowered = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lowered:
-                return value
-        return None
+        return first_header(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)

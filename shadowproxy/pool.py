@@ -27,6 +27,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from shadowproxy.config import Backend
+from shadowproxy.exchange import Headers, first_header
 
 # Reading from a backend pauses when this much of its body waits for a slow reader,
 # and resumes below the low mark: memory per connection stays bounded.
@@ -130,7 +131,7 @@ class UpstreamResponse:
         self.phase = Phase.HEAD
         self.status = 0
         self.reason = ""
-        self.headers: tuple[tuple[str, str], ...] = ()
+        self.headers: Headers = ()
         self.buffered = 0
         self.answered = False
         """Some byte of the answer arrived."""
@@ -314,11 +315,7 @@ class UpstreamResponse:
         return self.phase is Phase.DONE
 
     def header(self, name: str) -> str | None:
-        lowered = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lowered:
-                return value
-        return None
+        return first_header(self.headers, name)
 
     def body_nowait(self) -> bytes:
         """The body that has arrived and not been read yet."""
