@@ -5,6 +5,9 @@ orjson parses and two serialisations. Small JSON, form and binary bodies that do
 diffed inline too: handing a comparison to a worker process costs the event loop's process
 about 0.2 ms of CPU (pickling, pipes, futures), several times what the engine needs for a
 1 KB document. Large bodies, and text (whose excerpt runs difflib), go to a worker.
+
+With a `BodyMemo`, a pair of bodies seen before under the same rules costs a digest and a
+lookup: only status and headers are compared again.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from shadowproxy.compare import decode, engine, media
+from shadowproxy.compare import decode, media
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.engine import compare_bodies, compare_head, content_type, result
 from shadowproxy.compare.headers import header_value
 from shadowproxy.compare.json_diff import canonical_equal
 from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.media import BodyKind
+from shadowproxy.compare.memo import DEFERRED, BodyMemo, BodyPart
 from shadowproxy.compare.model import IDENTICAL, Comparison
 from shadowproxy.compare.rules import CompiledRules
 from shadowproxy.exchange import Response
@@ -96,8 +100,42 @@ def _bodies(primary: Response, candidate: Response) -> tuple[_Bodies, tuple[Any,
     return (_Bodies.SMALL if small and not maybe_text else _Bodies.LARGE), parsed
 
 
+def with_head(
+    primary: Response, candidate: Response, rules: CompiledRules, body: BodyPart
+) -> Comparison:
+    """Status and headers compared now, in front of the body's differences: what
+    `engine.compare` returns for the pair."""
+    out = Collector(rules.max_differences)
+    if primary.status != candidate.status or (
+        rules.compare_headers and primary.headers != candidate.headers
+    ):
+        compare_head(primary, candidate, rules, out)
+    if out.total == 0 and body.total == 0 and not body.notes:
+        return IDENTICAL
+    room = rules.max_differences - len(out.differences)
+    return Comparison(
+        differences=(*out.differences, *body.differences[:room]),
+        total=out.total + body.total,
+        body_kind=body.kind,
+        notes=body.notes,
+        excerpt=body.excerpt,
+    )
+
+
+def _body_part(primary: Response, candidate: Response, rules: CompiledRules) -> BodyPart | None:
+    """The body half of the comparison when it is cheap to get, else None (for a worker)."""
+    bodies, parsed = _bodies(primary, candidate)
+    if bodies is _Bodies.LARGE:
+        return None
+    if bodies is _Bodies.EQUAL:
+        return BodyPart((), 0, _body_kind(primary, candidate).value)
+    out = Collector(rules.max_differences)
+    kind, excerpt = compare_bodies(primary, candidate, rules, out, parsed)
+    return BodyPart.collected(out, kind.value, excerpt)
+
+
 def quick_compare(
-    primary: Response, candidate: Response, rules: CompiledRules
+    primary: Response, candidate: Response, rules: CompiledRules, memo: BodyMemo | None = None
 ) -> Comparison | None:
     """The comparison if it is cheap to get, else None: then call `engine.compare`."""
     if primary.truncated or candidate.truncated:
@@ -108,17 +146,22 @@ def quick_compare(
         compare_head(primary, candidate, rules, out)
         body_kind, _ = compare_bodies(primary, candidate, rules, out)
         return result(out, body_kind)
-    bodies, parsed = _bodies(primary, candidate)
-    if bodies is _Bodies.LARGE:
-        return None
-    if bodies is _Bodies.SMALL:
-        return engine.compare(primary, candidate, rules, parsed)
-    if primary.status == candidate.status and (
-        not rules.compare_headers or primary.headers == candidate.headers
-    ):
-        return IDENTICAL
-    out = Collector(rules.max_differences)
-    compare_head(primary, candidate, rules, out)
-    if out.total == 0:
-        return IDENTICAL
-    return result(out, _body_kind(primary, candidate))
+    if memo is None or primary.body == candidate.body:
+        part = _body_part(primary, candidate, rules)
+    else:
+        part = _remembered_part(primary, candidate, rules, memo)
+    return None if part is None else with_head(primary, candidate, rules, part)
+
+
+def _remembered_part(
+    primary: Response, candidate: Response, rules: CompiledRules, memo: BodyMemo
+) -> BodyPart | None:
+    key = memo.key(primary, candidate, rules)
+    if key is None:
+        return _body_part(primary, candidate, rules)
+    remembered = memo.get(key)
+    if remembered is None:
+        part = _body_part(primary, candidate, rules)
+        memo.put(key, DEFERRED if part is None else part)
+        return part
+    return remembered if isinstance(remembered, BodyPart) else None

@@ -1,10 +1,11 @@
 """`Comparer`: the fast path inline on the event loop, the detailed engine in workers.
 
 What `fast.quick_compare` settles (equal bodies, small differing JSON, form and binary
-bodies) never leaves the event loop. The rest waits for a worker in a bounded queue
-(``diff.max_queue``, counting those queued and those running); when it is full the
-comparison is skipped and `compare` returns None for the caller to count. Workers are
-processes (``diff.workers``), or one thread when ``diff.workers`` is 0.
+bodies, any pair of small bodies its `BodyMemo` has seen) never leaves the event loop. The
+rest waits for a worker in a bounded queue (``diff.max_queue``, counting those queued and
+those running); when it is full the comparison is skipped and `compare` returns None for the
+caller to count. Workers are processes (``diff.workers``), or one thread when
+``diff.workers`` is 0.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import structlog
 
 from shadowproxy.compare import engine
 from shadowproxy.compare.fast import quick_compare
+from shadowproxy.compare.memo import BodyMemo
 from shadowproxy.compare.model import IDENTICAL, Comparison
 from shadowproxy.compare.rules import CompiledRules, RuleBook
 from shadowproxy.config import DiffConfig
@@ -86,6 +88,7 @@ class Comparer:
     def __init__(self, diff: DiffConfig) -> None:
         self._diff = diff
         self._book = RuleBook.from_config(diff)
+        self._memo = BodyMemo()
         self._executor: Executor | None = None
         self._pending: set[asyncio.Future[Comparison]] = set()
         self._closed = False
@@ -93,6 +96,10 @@ class Comparer:
     @property
     def rulebook(self) -> RuleBook:
         return self._book
+
+    @property
+    def memo(self) -> BodyMemo:
+        return self._memo
 
     @property
     def queued(self) -> int:
@@ -124,6 +131,7 @@ class Comparer:
         book = RuleBook.from_config(diff)
         old_workers = self._diff.workers
         self._book, self._diff = book, diff  # one assignment each; compare reads _book once
+        self._memo = BodyMemo()  # filled under the old rules
         if self._executor is not None and diff.workers != old_workers:
             old, self._executor = self._executor, _new_executor(diff.workers)
             old.shutdown(wait=False)
@@ -132,7 +140,7 @@ class Comparer:
         """The comparison; None when it was skipped because the queue was full or the
         comparer is closing."""
         rules = self._book.for_endpoint(endpoint)
-        quick = quick_compare(primary, other, rules)
+        quick = quick_compare(primary, other, rules, self._memo)
         if quick is not None:
             return quick
         executor = self._executor
