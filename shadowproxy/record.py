@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from shadowproxy.headers import REDACTED
 from shadowproxy.redact import Redactor
 
 EXCHANGE_EVENT = "exchange"
+_ORDERED_HEAD = ("ts", "event")
 # A batch is written once it reaches this size even before the flush interval ends.
 FLUSH_BYTES = 256 * 1024
 # Lost records are reported at most this often in the operational log.
@@ -257,7 +259,15 @@ class LogWriter:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
 
     def write(self, record: dict[str, Any]) -> None:
-        """Queue one record; the event name is the record's own ``event``."""
+        """Queue one record; the event name is the record's own ``event``.
+
+        A record that opens with its ``ts`` and ``event`` (as `build_record` makes it) is
+        serialised as it is: it is data in a fixed schema, and the logger's processors would
+        only copy it twice on the way (two thirds of the cost of writing it).
+        """
+        if tuple(islice(record, 2)) == _ORDERED_HEAD:
+            self.append(orjson.dumps(record, default=repr))
+            return
         event = record.get("event", EXCHANGE_EVENT)
         fields = {k: v for k, v in record.items() if k != "event"}
         self.logger.info(event, **fields)
