@@ -2,7 +2,9 @@
 
 Measures the whole path a mirrored response takes once both answers are in: the inline fast
 path, and the detailed engine when the fast path cannot settle it (run here in-process, as a
-worker would). DeepDiff on the 1 KB pair is measured for reference.
+worker would). Every pair is compared afresh, except in the "seen before" row, which shows a
+pair the proxy's memo of body comparisons already holds. DeepDiff on the 1 KB pair is
+measured for reference.
 
     .venv/bin/python benchmarks/diff_bench.py            # full run, about a minute
     .venv/bin/python benchmarks/diff_bench.py --quick    # smoke run, a few seconds
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shadowproxy.compare import Comparer, Comparison, RuleBook
 from shadowproxy.compare.fast import quick_compare
+from shadowproxy.compare.memo import BodyMemo
 from shadowproxy.compare.pool import run_engine
 from shadowproxy.config import DiffConfig
 from shadowproxy.exchange import Response
@@ -252,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
                     check(ops, ms) if target else None,
                 )
             )
+
+    # The proxy remembers body comparisons: the same pair again costs a digest and a lookup.
+    memo = BodyMemo()
+    primary, _, differing = pairs["1 KB"]
+    seen = quick_compare(primary, differing, rules, memo)
+    assert seen is not None
+    ops, ms = _rate(partial(quick_compare, primary, differing, rules, memo), seconds, 1_000_000)
+    rows.append(Row("2 changed 1 KB, seen before", len(primary.body), ops, ms, seen.total))
 
     from deepdiff import DeepDiff
 

