@@ -63,6 +63,7 @@ OTHER_LOAD_WARNING = 0.1
 
 TARGETS = {
     "sp_mirror_over_nginx_mirror": 1.0,
+    "sp_mirror_over_sp_off": 0.70,  # mirroring and diffing everything costs under 30%
     "sp_mirror_slow_over_healthy": 0.95,
     "sp_mirror_added_p50_ms": 1.0,
 }
@@ -271,6 +272,9 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
         "sp_off_over_nginx_proxy": {
             c: ratio(rps("sp_off", c), rps("nginx_proxy", c)) for c in CANDIDATES
         },
+        "sp_mirror_over_sp_off": {
+            c: ratio(rps("sp_mirror", c), rps("sp_off", c)) for c in CANDIDATES
+        },
         "slow_over_healthy": {
             case: ratio(rps(case, "slow"), rps(case, "healthy"))
             for case in ("nginx_mirror", "sp_mirror")
@@ -281,6 +285,7 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
     values = {
         "sp_mirror_over_nginx_mirror": out["sp_mirror_over_nginx_mirror"]["healthy"],
+        "sp_mirror_over_sp_off": out["sp_mirror_over_sp_off"]["healthy"],
         "sp_mirror_slow_over_healthy": out["slow_over_healthy"]["sp_mirror"],
         "sp_mirror_added_p50_ms": out["added_p50_ms"]["healthy"]["sp_mirror"],
     }
@@ -399,9 +404,10 @@ def print_report(data: dict[str, Any]) -> None:
     for candidate in CANDIDATES:
         value = r["sp_mirror_over_nginx_mirror"][candidate]
         off = r["sp_off_over_nginx_proxy"][candidate]
+        own = r["sp_mirror_over_sp_off"][candidate]
         print(
             f"  {candidate:<7} (5)/(3) throughput {fmt(value, '.2f')}, "
-            f"(4)/(2) throughput {fmt(off, '.2f')}"
+            f"(4)/(2) throughput {fmt(off, '.2f')}, (5)/(4) throughput {fmt(own, '.2f')}"
         )
     for case in ("nginx_mirror", "sp_mirror"):
         print(f"  slow/healthy throughput of {case}: {fmt(r['slow_over_healthy'][case], '.2f')}")

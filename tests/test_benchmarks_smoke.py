@@ -65,6 +65,7 @@ def test_smoke_run_measures_every_case(tmp_path: Path) -> None:
     assert measured["sp_mirror", "healthy"]["shadowproxy"]["mirrored"] > 0
     assert set(data["ratios"]["targets"]) == {
         "sp_mirror_over_nginx_mirror",
+        "sp_mirror_over_sp_off",
         "sp_mirror_slow_over_healthy",
         "sp_mirror_added_p50_ms",
     }
