@@ -12,6 +12,9 @@ MAX_VALUE_CHARS = 512
 """Longer strings are cut in a recorded difference; the log is for reading, not archiving."""
 MAX_VALUE_BYTES = 1024
 """Larger objects and arrays are recorded as a summary with their size and type."""
+MIN_LOGGED_INT = -(2**63)
+MAX_LOGGED_INT = 2**64 - 1
+"""The integers orjson writes; others are recorded as their digits."""
 
 
 def loggable(text: str) -> str:
@@ -29,6 +32,10 @@ def loggable(text: str) -> str:
 
 def brief(value: Any) -> Any:
     """The value as recorded: itself when small, otherwise a bounded stand-in."""
+    if type(value) is int and not MIN_LOGGED_INT <= value <= MAX_LOGGED_INT:
+        # Valid JSON, but the log's serialiser (orjson) stops at 64 bits: the record would be
+        # lost. Its digits, exactly, as a string.
+        return str(value)
     if type(value) is str:
         value = loggable(value)
         if len(value) > MAX_VALUE_CHARS:
