@@ -345,6 +345,14 @@ class MirrorDispatcher:
         except asyncio.CancelledError:
             self._count_skip(SkipReason.SHUTDOWN)
             raise
+        except Exception as error:
+            # A fault of the proxy's own in the background (the client has its answer): one
+            # line in the operational log, not an unretrieved task's traceback on stderr.
+            self._log.error(
+                "mirror_failed",
+                request_id=request.id,
+                error=f"{type(error).__name__}: {error}",
+            )
         finally:
             ticket.settle(None)  # cancelled before the candidate answered
             self._release()

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import RunningProxy
 from tests.e2e.conftest import StartProxy
@@ -149,3 +150,57 @@ async def test_real_process_returns_to_its_baseline_after_candidate_faults(
     assert await proxy.stop() == 0
     kinds = [r["candidate"]["error"] for r in proxy.records()[3:]]
     assert sorted(set(kinds)) == sorted(set(FAULTS.values()))
+
+
+async def test_numbers_beyond_64_bits_still_make_a_record(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """Valid JSON the log's serialiser cannot hold as numbers: recorded as digits, not lost."""
+    big = 2**80
+    primary = await serve(json_handler(b'{"n": %d, "ok": true}' % big))
+    candidate = await serve(json_handler(b'{"n": %d, "ok": true}' % (big + 1)))
+    proxy = await make_proxy(primary.url, candidate.url)
+    for _ in range(2):  # the second time, the comparison is a remembered one
+        status, body = await one(client, proxy.url + "/x")
+        assert (status, body) == (200, b'{"n": %d, "ok": true}' % big)
+    records = await proxy.records()
+    assert [(r["outcome"], r["differences"]) for r in records] == [
+        (
+            "mismatch",
+            [
+                {
+                    "where": "body",
+                    "path": "/n",
+                    "kind": "changed",
+                    "primary": str(big),
+                    "candidate": str(big + 1),
+                }
+            ],
+        )
+    ] * 2
+
+
+async def test_a_fault_of_the_proxy_in_the_mirror_leg_is_one_logged_line(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession, monkeypatch: Any
+) -> None:
+    """Whatever goes wrong after the client has its answer stays in the background: the next
+    requests are served and mirrored, and the failure is an event, not a task's traceback."""
+    import shadowproxy.server
+
+    def broken(*_: Any, **__: Any) -> dict[str, Any]:
+        raise RuntimeError("record builder broke")
+
+    primary = await serve(json_handler(PRIMARY_BODY))
+    candidate = await serve(json_handler(b'{"ok": false}'))
+    proxy = await make_proxy(primary.url, candidate.url)
+    with capture_logs() as logs:
+        monkeypatch.setattr(shadowproxy.server, "build_record", broken)
+        assert await one(client, proxy.url + "/x") == (200, PRIMARY_BODY)
+        await proxy.proxy.dispatcher.idle()
+        monkeypatch.undo()
+        assert await one(client, proxy.url + "/x") == (200, PRIMARY_BODY)
+        records = await proxy.records()
+    failures = [entry for entry in logs if entry["event"] == "mirror_failed"]
+    assert [f["error"] for f in failures] == ["RuntimeError: record builder broke"]
+    assert [r["outcome"] for r in records] == ["mismatch"]
+    assert proxy.proxy.dispatcher.in_flight == 0
