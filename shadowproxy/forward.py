@@ -25,8 +25,7 @@ from shadowproxy.config import Config
 from shadowproxy.endpoints import endpoint_of
 from shadowproxy.exchange import Response
 from shadowproxy.headers import (
-    REQUEST_ID,
-    new_request_id,
+    request_id_of,
     response_headers,
     upstream_request_headers,
     with_host,
@@ -155,7 +154,7 @@ class PrimaryPath:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         settings = self._settings  # one config for the whole request, whatever reloads meanwhile
         config = settings.config
-        request_id = request.headers.get(REQUEST_ID) or new_request_id()
+        request_id = request_id_of(request.headers)
         content_length = request.content_length
         limit = config.limits.max_request_body_bytes
         if limit is not None and content_length is not None and content_length > limit:

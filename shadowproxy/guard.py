@@ -38,7 +38,7 @@ from aiohttp.web_protocol import RequestHandler
 from shadowproxy import oplog
 from shadowproxy.config import LimitsConfig
 from shadowproxy.forward import error_response
-from shadowproxy.headers import REQUEST_ID, new_request_id
+from shadowproxy.headers import new_request_id, request_id_of
 from shadowproxy.metrics import Metrics
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -140,7 +140,7 @@ def guard_requests(handler: Handler, rejected: RejectionLog) -> Handler:
             return await handler(request)
         status, error, detail = problem
         rejected(status, error, detail, request.remote)
-        request_id = request.headers.get(REQUEST_ID) or new_request_id()
+        request_id = request_id_of(request.headers)
         response = error_response(status, error, detail, request_id)
         response.force_close()
         return response

@@ -9,6 +9,7 @@ from multidict import CIMultiDict
 
 from shadowproxy.config import SECRET_HEADERS
 from shadowproxy.exchange import Headers
+from shadowproxy.logsafe import loggable
 
 # RFC 9110 section 7.6.1: connection-specific fields an intermediary must not forward.
 HOP_BY_HOP = frozenset(
@@ -47,6 +48,15 @@ def end_to_end(pairs: Iterable[tuple[str, str]], listed: frozenset[str]) -> CIMu
 
 def new_request_id() -> str:
     return os.urandom(12).hex()
+
+
+def request_id_of(headers: Mapping[str, str] | CIMultiDict[str]) -> str:
+    """The client's ``X-Request-Id``, or a new one, as the logs and answers name the request.
+
+    Bytes that are not UTF-8 are replaced here only: the backends get the header as it came.
+    """
+    given = headers.get(REQUEST_ID)
+    return loggable(given) if given else new_request_id()
 
 
 def upstream_request_headers(

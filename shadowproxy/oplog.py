@@ -9,8 +9,9 @@ import logging
 import sys
 from typing import Any
 
-import orjson
 import structlog
+
+from shadowproxy import logsafe
 
 
 def configure(level: int = logging.INFO) -> None:
@@ -19,7 +20,7 @@ def configure(level: int = logging.INFO) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            structlog.processors.JSONRenderer(serializer=logsafe.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
-import orjson
 import structlog
 
+from shadowproxy import logsafe
 from shadowproxy.compare.model import Comparison, Difference, Where
 from shadowproxy.config import DEFAULT_REDACT_QUERY, SECRET_HEADERS, LogConfig
 from shadowproxy.exchange import Exchange, Failure, Outcome, Response
@@ -205,7 +205,7 @@ class LogWriter:
         self._lost_unreported = 0
         self.logger = structlog.wrap_logger(
             _LineSink(self),
-            processors=[_timestamp, _ordered, structlog.processors.JSONRenderer(orjson.dumps)],
+            processors=[_timestamp, _ordered, structlog.processors.JSONRenderer(logsafe.dumps)],
             wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
             context_class=dict,
         )
@@ -266,7 +266,7 @@ class LogWriter:
         only copy it twice on the way (two thirds of the cost of writing it).
         """
         if tuple(islice(record, 2)) == _ORDERED_HEAD:
-            self.append(orjson.dumps(record, default=repr))
+            self.append(logsafe.dumps(record, default=repr))
             return
         event = record.get("event", EXCHANGE_EVENT)
         fields = {k: v for k, v in record.items() if k != "event"}

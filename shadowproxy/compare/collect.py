@@ -7,27 +7,12 @@ from typing import Any
 import orjson
 
 from shadowproxy.compare.model import Difference, Kind, Where
+from shadowproxy.logsafe import MAX_LOGGED_INT, MIN_LOGGED_INT, loggable
 
 MAX_VALUE_CHARS = 512
 """Longer strings are cut in a recorded difference; the log is for reading, not archiving."""
 MAX_VALUE_BYTES = 1024
 """Larger objects and arrays are recorded as a summary with their size and type."""
-MIN_LOGGED_INT = -(2**63)
-MAX_LOGGED_INT = 2**64 - 1
-"""The integers orjson writes; others are recorded as their digits."""
-
-
-def loggable(text: str) -> str:
-    """``text`` without lone surrogates, which no UTF-8 log line can hold. They reach here
-    from ``\\ud800`` escapes the standard library parser accepts, and from header bytes
-    decoded with ``surrogateescape``."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def brief(value: Any) -> Any:

@@ -16,11 +16,12 @@ from typing import Any
 
 import orjson
 
-from shadowproxy.compare.collect import Collector, brief, loggable
+from shadowproxy.compare.collect import Collector, brief
 from shadowproxy.compare.model import Difference, Kind, Where
 from shadowproxy.compare.paths import PathRule, State
 from shadowproxy.compare.pointer import Key, to_pointer
 from shadowproxy.compare.rules import CompiledRules, NumericTolerance
+from shadowproxy.logsafe import loggable
 
 _MISSING: Any = object()
 _CANONICAL = orjson.OPT_SORT_KEYS

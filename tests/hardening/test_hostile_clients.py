@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import Backend
+from tests.e2e.conftest import StartProxy
 from tests.hardening.support import (
     Answer,
     MakeProxy,
@@ -349,3 +350,36 @@ async def test_mutated_requests_never_crash_or_leak_a_traceback(
     await still_serving(proxy.url)
     await proxy.records()
     assert_no_traceback(caplog)
+
+
+async def test_a_request_id_that_is_not_utf8_still_makes_a_record(
+    backends: tuple[Backend, Backend], make_proxy: MakeProxy
+) -> None:
+    """Header bytes pass to the backends as they came; the log, which must be UTF-8, gets the
+    id with the undecodable bytes replaced, rather than no record at all."""
+    primary, candidate = backends
+    proxy = await make_proxy(primary.url, candidate.url)
+    request = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: id-\xff-\xe9\r\nConnection: close\r\n\r\n"
+    )
+    answer = await exchange(proxy.url, request)
+    assert answer.status == 200
+    records = await proxy.records()
+    assert [r["id"] for r in records] == ["id-?-?"]
+
+
+@pytest.mark.e2e
+async def test_a_request_id_that_is_not_utf8_does_not_break_the_operational_log(
+    start_proxy: StartProxy,
+) -> None:
+    """The primary is down: the real process answers 502 and logs why, with the client's id,
+    in its JSON operational log, instead of failing on the log line with a 500."""
+    proxy = await start_proxy("http://127.0.0.1:9", "http://localhost:9")
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: id-\xff\r\nConnection: close\r\n\r\n"
+    answer = await exchange(proxy.url, request)
+    assert answer.status == 502, answer.data
+    assert b'"request_id":"id-?"' in answer.data
+    event = await proxy.wait_event("primary_unreachable")
+    assert event["request_id"] == "id-?"
+    assert await proxy.stop() == 0
+    assert not [e for e in proxy.stderr_lines if e.get("event") == "request_failed"]
