@@ -34,8 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from shadowproxy import logsafe
 from shadowproxy.bounded import BoundedCopy
 from shadowproxy.config import DEFAULT_REDACT_QUERY, CaptureConfig
 from shadowproxy.endpoints import EndpointPattern, endpoint_of
@@ -307,7 +306,9 @@ class CaptureSink:
         records = 0
         for item in items:
             try:
-                line = orjson.dumps(
+                # Header bytes that are not UTF-8 cannot be JSON text: written replaced, so the
+                # exchange is kept with that one value changed rather than lost.
+                line = logsafe.dumps(
                     build_entry(
                         item, self._redactor, self.config.max_body_bytes, self._query_redactor
                     )

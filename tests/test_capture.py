@@ -21,6 +21,7 @@ from shadowproxy.har import Captured, parse_entry
 from tests.conftest import Backend, RunningProxy
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import StartProxy
+from tests.hardening.support import exchange as raw_exchange
 
 start_proxy = e2e.start_proxy  # the real process, as the end-to-end tests start it
 MakeProxy = Callable[..., Awaitable[RunningProxy]]
@@ -131,6 +132,26 @@ async def test_secrets_never_reach_the_capture_file(
     assert entry["request"]["postData"]["_redacted"] == ["/password"]
     assert entry["response"]["content"]["_redacted"] == ["/user/email"]
     assert orjson.loads(entry["response"]["content"]["text"])["user"]["name"] == "A"
+
+
+async def test_header_bytes_that_are_not_utf8_still_make_an_entry(
+    serve: Serve, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """JSON text cannot hold them: the entry keeps the header with those bytes replaced,
+    rather than losing the whole exchange."""
+    primary = await json_backend(serve, {"id": 1})
+    candidate = await json_backend(serve, {"id": 1})
+    capture = tmp_path / "capture.jsonl"
+    running = await make_proxy(primary.url, candidate.url, capture={"path": str(capture)})
+    request = b"GET /legacy HTTP/1.1\r\nHost: x\r\nX-Legacy: caf\xe9\r\nConnection: close\r\n\r\n"
+    answer = await raw_exchange(running.url, request)
+    assert answer.status == 200
+    await settle(running)
+    (entry,) = lines(capture)
+    headers = {h["name"]: h["value"] for h in entry["request"]["headers"]}
+    assert headers["X-Legacy"] == "caf?"
+    assert running.proxy.capture is not None
+    assert running.proxy.capture.written == 1
 
 
 async def test_rules_include_and_exclude_routes(
