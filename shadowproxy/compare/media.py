@@ -41,16 +41,18 @@ def media_type(content_type: str | None) -> str:
 
 
 def charset(content_type: str | None) -> str:
-    """The declared charset if Python knows it, else UTF-8."""
+    """The declared charset if Python knows it as a text encoding, else UTF-8."""
     if content_type:
         for parameter in content_type.split(";")[1:]:
             name, _, value = parameter.partition("=")
             if name.strip().lower() == "charset":
                 value = value.strip().strip('"')
                 try:
-                    return codecs.lookup(value).name
+                    name = codecs.lookup(value).name
+                    b"a".decode(name, "replace")  # refuses codecs that are not text (base64)
                 except LookupError:
                     break
+                return name
     return DEFAULT_CHARSET
 
 

@@ -176,6 +176,8 @@ CONTENT_TYPES = [
     "application/vnd.api+json; charset=utf-8",
     "application/x-www-form-urlencoded",
     "text/plain; charset=bogus",
+    "text/plain; charset=base64",  # a codec Python knows, but not a text encoding
+    "text/csv; charset=rot13",
     "text/html; charset=utf-16",
     "application/xml",
     "application/octet-stream",
