@@ -72,7 +72,10 @@ def bounded_value(value: Any, limit: int = EXAMPLE_VALUE_CHARS) -> Any:
         if len(value) <= limit:
             return value
         return f"{value[:limit]}… (cut, {len(value)} characters)"
-    text = orjson.dumps(value, default=str).decode()
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: from another writer
+        return "… (not shown: nested too deep)"
     if len(text) <= limit:
         return value
     return f"{text[:limit]}… (cut, {len(text)} characters of JSON)"

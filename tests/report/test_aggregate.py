@@ -156,6 +156,14 @@ def test_examples_are_bounded_and_values_cut() -> None:
     assert bounded_value(None) is None
 
 
+def test_a_value_nested_deeper_than_can_be_shown_is_summarised() -> None:
+    """The proxy never logs one (it summarises deep values); a log from elsewhere may."""
+    deep: list[object] = []
+    for _ in range(1000):
+        deep = [deep]
+    assert bounded_value(deep) == "… (not shown: nested too deep)"
+
+
 def test_long_names_are_cut() -> None:
     aggregator = Aggregator()
     long_endpoint = "GET /" + "a" * 5000
