@@ -61,7 +61,8 @@ def _authorised(request: web.Request, config: Config) -> web.Response | None:
     if token is None:
         return _json({"error": "forbidden", "detail": "set admin_token to enable"}, 403)
     sent = request.headers.get("Authorization", "")
-    if hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+    # surrogateescape: the bytes as sent, even when they are not UTF-8 (a wrong token then).
+    if hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
         return None
     response = _json({"error": "unauthorized"}, 401)
     response.headers["WWW-Authenticate"] = 'Bearer realm="shadowproxy"'

@@ -383,3 +383,17 @@ async def test_a_request_id_that_is_not_utf8_does_not_break_the_operational_log(
     assert event["request_id"] == "id-?"
     assert await proxy.stop() == 0
     assert not [e for e in proxy.stderr_lines if e.get("event") == "request_failed"]
+
+
+async def test_an_admin_token_that_is_not_utf8_is_refused_not_a_500(
+    backends: tuple[Backend, Backend], make_proxy: MakeProxy
+) -> None:
+    primary, candidate = backends
+    # Off loopback, the admin asks for the token.
+    proxy = await make_proxy(
+        primary.url, candidate.url, admin="0.0.0.0:0", admin_token="s3cret-token"
+    )
+    for token in (b"Bearer s3cret-\xff", b"Bearer s3cret-token"):
+        request = b"GET /config HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n" % token
+        answer = await exchange(proxy.admin_url, request + b"Connection: close\r\n\r\n")
+        assert answer.status == (200 if token.endswith(b"token") else 401), answer.data
