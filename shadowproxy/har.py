@@ -130,10 +130,11 @@ class _Body:
 def _dump_json(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
-    except TypeError:  # an integer beyond 64 bits, kept exact by parse_json
+    except TypeError:  # an integer beyond 64 bits, or a lone surrogate from a \ud800 escape
         import json
 
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        # ASCII output keeps both exact: the integer's digits, the surrogate as its escape.
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 def redact_body(body: bytes, content_type: str | None, redactor: Redactor) -> _Body:

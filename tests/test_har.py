@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from shadowproxy.har import (
     export,
     parse_entry,
     read_entries,
+    redact_body,
 )
 from shadowproxy.redact import Redactor
 
@@ -500,3 +502,17 @@ def test_invalid_entries_raise_with_the_field_named() -> None:
     entry["request"]["headers"] = [{"name": "x"}]
     with pytest.raises(ValueError, match=r"request\.headers"):
         parse_entry(entry)
+
+
+def test_a_redacted_body_keeps_escapes_that_are_not_text_exactly() -> None:
+    """``\\ud800`` is valid JSON that no UTF-8 text can hold as a character: it stays escaped."""
+    body = b'{"password": "hunter2", "note": "\\ud800", "n": 123456789012345678901234567890}'
+    redacted = redact_body(body, "application/json", Redactor(["/password"]))
+    assert redacted.redacted == ["/password"]
+    assert redacted.data is not None
+    assert b"hunter2" not in redacted.data
+    assert json.loads(redacted.data) == {
+        "password": "[redacted]",
+        "note": "\ud800",
+        "n": 123456789012345678901234567890,
+    }
