@@ -100,7 +100,7 @@ def _bodies(primary: Response, candidate: Response) -> tuple[_Bodies, tuple[Any,
     return (_Bodies.SMALL if small and not maybe_text else _Bodies.LARGE), parsed
 
 
-def with_head(
+def _with_head(
     primary: Response, candidate: Response, rules: CompiledRules, body: BodyPart
 ) -> Comparison:
     """Status and headers compared now, in front of the body's differences: what
@@ -150,7 +150,7 @@ def quick_compare(
         part = _body_part(primary, candidate, rules)
     else:
         part = _remembered_part(primary, candidate, rules, memo)
-    return None if part is None else with_head(primary, candidate, rules, part)
+    return None if part is None else _with_head(primary, candidate, rules, part)
 
 
 def _remembered_part(
