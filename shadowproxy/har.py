@@ -44,7 +44,7 @@ from shadowproxy.compare import decode, media
 from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.pointer import escape
 from shadowproxy.config import SECRET_HEADERS
-from shadowproxy.exchange import Headers, Response
+from shadowproxy.exchange import Headers, Response, first_header
 from shadowproxy.headers import REDACTED
 from shadowproxy.record import QueryRedactor
 from shadowproxy.redact import Redactor
@@ -92,14 +92,6 @@ class Captured:
         headers = sum(len(n) + len(v) for n, v in self.request_headers)
         headers += sum(len(n) + len(v) for n, v in self.response_headers)
         return len(self.request_body) + len(self.response_body) + headers + MIN_WEIGHT
-
-
-def header_value(headers: Headers, name: str) -> str | None:
-    lowered = name.lower()
-    for key, value in headers:
-        if key.lower() == lowered:
-            return value
-    return None
 
 
 def iso_time(epoch: float) -> str:
@@ -180,13 +172,13 @@ def _text_fields(data: bytes, encoding_key: str) -> dict[str, Any]:
 
 
 def _post_data(c: Captured, redactor: Redactor) -> dict[str, Any]:
-    content_type = header_value(c.request_headers, "content-type")
+    content_type = first_header(c.request_headers, "content-type")
     post: dict[str, Any] = {"mimeType": content_type or ""}
     if c.request_size > len(c.request_body):
         post["_truncated"] = True
         post["comment"] = f"body of {c.request_size} bytes exceeds capture.max_body_bytes"
         return post
-    if redactor and decode.codings(header_value(c.request_headers, "content-encoding")):
+    if redactor and decode.codings(first_header(c.request_headers, "content-encoding")):
         post["_omitted"] = "content-encoded request bodies are not redacted"
         post["comment"] = "body not written: " + post["_omitted"]
         return post
@@ -204,12 +196,12 @@ def _post_data(c: Captured, redactor: Redactor) -> dict[str, Any]:
 
 
 def _content(c: Captured, redactor: Redactor, max_decoded: int) -> dict[str, Any]:
-    content_type = header_value(c.response_headers, "content-type")
+    content_type = first_header(c.response_headers, "content-type")
     content: dict[str, Any] = {"size": c.response_size, "mimeType": content_type or ""}
     if not c.response_size:
         content["text"] = ""
         return content
-    codings = decode.codings(header_value(c.response_headers, "content-encoding"))
+    codings = decode.codings(first_header(c.response_headers, "content-encoding"))
     truncated = c.response_size > len(c.response_body)
     decoded: bytes | None = None
     why_raw = ""
@@ -264,7 +256,7 @@ def build_entry(
 ) -> dict[str, Any]:
     """The HAR entry of one captured exchange, redacted: secret headers, ``log.redact`` body
     places, and (with ``query_redactor``) ``log.redact_query`` values in the URL."""
-    host = header_value(c.request_headers, "host") or "localhost"
+    host = first_header(c.request_headers, "host") or "localhost"
     raw_path = query_redactor(c.raw_path) if query_redactor is not None else c.raw_path
     query = raw_path.partition("?")[2]
     request: dict[str, Any] = {
@@ -288,7 +280,7 @@ def build_entry(
         "cookies": [],
         "headers": _har_headers(c.response_headers),
         "content": _content(c, redactor, max_body_bytes * DECODE_EXPANSION),
-        "redirectURL": header_value(c.response_headers, "location") or "",
+        "redirectURL": first_header(c.response_headers, "location") or "",
         "headersSize": -1,
         "bodySize": c.response_size,
     }

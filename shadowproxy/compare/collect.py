@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from shadowproxy.compare.model import Difference, Kind, Where
-from shadowproxy.logsafe import MAX_LOGGED_INT, MIN_LOGGED_INT, loggable
+from shadowproxy.logsafe import loggable, scrubbed
 
 MAX_VALUE_CHARS = 512
 """Longer strings are cut in a recorded difference; the log is for reading, not archiving."""
@@ -17,10 +17,9 @@ MAX_VALUE_BYTES = 1024
 
 def brief(value: Any) -> Any:
     """The value as recorded: itself when small, otherwise a bounded stand-in."""
-    if type(value) is int and not MIN_LOGGED_INT <= value <= MAX_LOGGED_INT:
-        # Valid JSON, but the log's serialiser (orjson) stops at 64 bits: the record would be
-        # lost. Its digits, exactly, as a string.
-        return str(value)
+    if type(value) is int:
+        # Valid JSON beyond 64 bits is recorded as its digits: the log (orjson) stops there.
+        return scrubbed(value)
     if type(value) is str:
         value = loggable(value)
         if len(value) > MAX_VALUE_CHARS:
