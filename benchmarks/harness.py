@@ -638,6 +638,10 @@ def start_shadowproxy(
         "--workers", str(workers),
     ]  # fmt: skip
     stderr_path = directory / "stderr.log"
+    # Start-up is read from this file: a "listening" line left by an earlier run of the same
+    # case (the next round) would name a port nobody listens on any more.
+    stderr_path.unlink(missing_ok=True)
+    log_path.unlink(missing_ok=True)
     server = _spawn(name, command, stderr_path, env={**os.environ, **(env or {})}, cwd=directory)
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:

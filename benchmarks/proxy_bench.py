@@ -12,9 +12,12 @@ Five cases, each with a healthy candidate and with one that answers 200 ms late:
 
 Each case gets a closed-loop wrk run at full speed (requests/s, p50/p99) and a run at a fixed
 moderate rate, where latency is service time rather than queueing (the added p50 over direct).
+The cases run in rounds, each round every case once, and the figures are medians over the
+rounds: a shared machine speeds up and slows down by tens of percent within minutes, and a
+ratio taken within one round compares cases measured minutes apart at most.
 wrk, the backends and the proxy share this machine's cores; see benchmarks/README.md.
 
-    benchmarks/run                  # 10 s per measurement, about 5 minutes
+    benchmarks/run                  # 3 rounds of 5 s per measurement, about 7 minutes
     benchmarks/run --smoke          # a few seconds per case, for CI
     benchmarks/run --duration 30 --connections 100 --only nginx_mirror,sp_mirror
 """
@@ -26,6 +29,7 @@ import contextlib
 import datetime as dt
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,7 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="benchmarks/run",
         description="Throughput and latency of shadowproxy next to nginx's mirror module.",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times every case runs; figures are medians"
+    )
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load, discarded")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
@@ -118,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration, args.warmup, args.rate_duration = 2.0, 0.0, 1.0
+        args.duration, args.warmup, args.rate_duration, args.rounds = 2.0, 0.0, 1.0, 1
     else:
         args.rate_duration = args.duration
     args.only = [c for c in args.only.split(",") if c]
@@ -128,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     if unknown:
         parser.error(f"unknown case or candidate: {', '.join(unknown)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.workers is None:
         args.workers = available_cores()
     return args
@@ -251,6 +260,8 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ratios between cases measured in one round (without the targets)."""
+
     def get(case: str, candidate: str, section: str, field: str) -> float | None:
         for r in results:
             if r["case"] == case and r["candidate"] == candidate:
@@ -265,7 +276,7 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
         direct = get("direct", candidate, "fixed_rate", "p50_ms")
         return None if p50 is None or direct is None else round(p50 - direct, 3)
 
-    out: dict[str, Any] = {
+    return {
         "sp_mirror_over_nginx_mirror": {
             c: ratio(rps("sp_mirror", c), rps("nginx_mirror", c)) for c in CANDIDATES
         },
@@ -283,19 +294,50 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
             c: {case.key: added_p50(case.key, c) for case in CASES[1:]} for c in CANDIDATES
         },
     }
+
+
+def with_targets(out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` (from `ratios`) with each target's value, bound and whether it is met."""
     values = {
         "sp_mirror_over_nginx_mirror": out["sp_mirror_over_nginx_mirror"]["healthy"],
         "sp_mirror_over_sp_off": out["sp_mirror_over_sp_off"]["healthy"],
         "sp_mirror_slow_over_healthy": out["slow_over_healthy"]["sp_mirror"],
         "sp_mirror_added_p50_ms": out["added_p50_ms"]["healthy"]["sp_mirror"],
     }
-    out["targets"] = {}
+    targets = {}
     for name, value in values.items():
         below = name.endswith("_ms")
         met = None if value is None else value < TARGETS[name] if below else value >= TARGETS[name]
         bound = f"{'<' if below else '>='} {TARGETS[name]:g}"
-        out["targets"][name] = {"value": value, "target": bound, "met": met}
-    return out
+        targets[name] = {"value": value, "target": bound, "met": met}
+    return {**out, "targets": targets}
+
+
+def median_of(values: list[Any]) -> Any:
+    """The median of each number, key by key through nested dicts; other values from the
+    first. A number missing from some rounds (an error kind seen once) counts from those it
+    is in."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, dict):
+        keys = dict.fromkeys(k for v in present if isinstance(v, dict) for k in v)
+        return {k: median_of([v.get(k) for v in present if isinstance(v, dict)]) for k in keys}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        middle = statistics.median(v for v in present if isinstance(v, (int, float)))
+        return round(middle, 3) if isinstance(middle, float) else middle
+    return first
+
+
+def combine_rounds(
+    rounds: list[list[dict[str, Any]]],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each case's median row (its rounds kept under ``rounds``) and the median of the ratios
+    taken within each round, with the targets judged on those."""
+    rows = [{**median_of(list(runs)), "rounds": list(runs)} for runs in zip(*rounds, strict=True)]
+    per_round = [ratios(r) for r in rounds]
+    return rows, {**with_targets(median_of(per_round)), "by_round": per_round}
 
 
 def metadata(tools: Tools, backends: harness.Backends, args: argparse.Namespace) -> dict[str, Any]:
@@ -339,6 +381,7 @@ def metadata(tools: Tools, backends: harness.Backends, args: argparse.Namespace)
             "fixed_rate_rps": args.rate,
             "fixed_rate_connections": args.rate_connections,
             "fixed_rate_duration_s": args.rate_duration,
+            "rounds": args.rounds,
             "smoke": args.smoke,
         },
     }
@@ -358,8 +401,10 @@ def print_report(data: dict[str, Any]) -> None:
         f"{meta['event_loop']}; {meta['nginx']}; {meta['cores']} cores shared by wrk, "
         "backends and proxy"
     )
+    rounds = s.get("rounds", 1)
     print(
-        f"wrk -c{s['connections']} -t{s['threads']}, {s['duration_s']:g} s per case; fixed rate "
+        f"wrk -c{s['connections']} -t{s['threads']}, {s['duration_s']:g} s per case, "
+        f"{rounds} round{'s' if rounds != 1 else ''} (medians); fixed rate "
         f"{s['fixed_rate_rps']:g}/s over {s['fixed_rate_connections']} connections; "
         f"slow candidate: {meta['slow_candidate']}"
     )
@@ -411,6 +456,13 @@ def print_report(data: dict[str, Any]) -> None:
         )
     for case in ("nginx_mirror", "sp_mirror"):
         print(f"  slow/healthy throughput of {case}: {fmt(r['slow_over_healthy'][case], '.2f')}")
+    if len(r.get("by_round", ())) > 1:
+        for name, label in (
+            ("sp_mirror_over_nginx_mirror", "(5)/(3)"),
+            ("sp_mirror_over_sp_off", "(5)/(4)"),
+        ):
+            each = ", ".join(fmt(one[name]["healthy"], ".2f") for one in r["by_round"])
+            print(f"  healthy {label} in each round: {each}")
     for candidate in CANDIDATES:
         added = r["added_p50_ms"][candidate]
         parts = ", ".join(f"{k} {fmt(v, '+.2f')}" for k, v in added.items())
@@ -474,20 +526,24 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         try:
             meta = metadata(tools, backends, args)
-            rows = []
-            for candidate in args.candidates:
-                for case in CASES:
-                    if case.key not in args.only:
-                        continue
-                    log(f"{case.label} ({candidate} candidate) ...")
-                    rows.append(measure(case, candidate, backends, tools, work, args))
+            rounds = []
+            for number in range(1, args.rounds + 1):
+                rows = []
+                for candidate in args.candidates:
+                    for case in CASES:
+                        if case.key not in args.only:
+                            continue
+                        log(f"round {number}/{args.rounds}: {case.label} ({candidate} candidate)")
+                        rows.append(measure(case, candidate, backends, tools, work, args))
+                rounds.append(rows)
         except BenchError as error:
             print(f"benchmarks/run: {error}", file=sys.stderr)
             return 1
         finally:
             backends.stop()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    data = {"meta": meta, "cases": rows, "ratios": ratios(rows)}
+    rows, summary = combine_rounds(rounds)
+    data = {"meta": meta, "cases": rows, "ratios": summary}
     print_report(data)
     path = write_results(data, args.results_dir)
     print(f"\nresults: {path} (and {path.parent / 'latest.json'})")
