@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import HttpVersion11, web
+from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 from shadowproxy import oplog, websocket
@@ -25,6 +26,7 @@ from shadowproxy.config import Config
 from shadowproxy.endpoints import endpoint_of
 from shadowproxy.exchange import Response
 from shadowproxy.headers import (
+    head_bytes,
     request_id_of,
     response_headers,
     upstream_request_headers,
@@ -54,6 +56,31 @@ class PassthroughResponse(web.StreamResponse):
         older versions send the headers right away, which is correct, only slower.
         """
         self._send_headers_immediately = False
+
+    _keep_head_bytes = False
+
+    def keep_head_bytes(self) -> None:
+        """Write the head from the bytes the primary sent: aiohttp's writer drops bytes that
+        are not UTF-8 and re-encodes an ISO-8859-1 reason. Only for such heads; the others
+        take aiohttp's faster path."""
+        self._keep_head_bytes = True
+
+    async def _write_headers(self) -> None:
+        if not self._keep_head_bytes:
+            await super()._write_headers()
+            return
+        request, writer = self._req, self._payload_writer
+        assert request is not None
+        assert writer is not None
+        version = request.version
+        status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"
+        # aiohttp serialises the head as usual (its checks and hooks run), and holds it until
+        # sent: that held copy is replaced with the exact bytes.
+        await writer.write_headers(status_line, self._headers)
+        if isinstance(writer, StreamWriter) and writer._headers_buf is not None:
+            writer._headers_buf = head_bytes(status_line, self._headers.items())
+        if self._send_headers_immediately:
+            writer.send_headers()
 
     async def _prepare_headers(self) -> None:
         supplied = {name for name in _SERVER_DEFAULTS if name in self.headers}
@@ -356,6 +383,8 @@ class PrimaryPath:
             reason=upstream.reason,
             headers=response_headers(upstream.headers),
         )
+        if upstream.head_not_utf8:
+            response.keep_head_bytes()
         if upstream.complete:
             # The whole body came with the headers, as most small answers do.
             return await self._answer_whole(

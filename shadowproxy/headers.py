@@ -120,3 +120,11 @@ def response_headers(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
 def redact_headers(pairs: Headers, secret: frozenset[str] = SECRET_HEADERS) -> Headers:
     """Secret header values replaced; names kept, so a reader still sees they were sent."""
     return tuple((n, REDACTED if n.lower() in secret else v) for n, v in pairs)
+
+
+def head_bytes(status_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A response head as the bytes it was read from: the status line as ISO-8859-1, names
+    and values as UTF-8 with the bytes that were not UTF-8 (lone surrogates) restored."""
+    lines = [status_line.encode("latin-1", "replace")]
+    lines += [f"{name}: {value}".encode("utf-8", "surrogateescape") for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -115,6 +115,7 @@ class UpstreamResponse:
         "_waiter",
         "answered",
         "buffered",
+        "head_not_utf8",
         "headers",
         "parser",
         "phase",
@@ -132,6 +133,9 @@ class UpstreamResponse:
         self.status = 0
         self.reason = ""
         self.headers: Headers = ()
+        self.head_not_utf8 = False
+        """The reason or a header field has bytes that are not UTF-8 text (``headers`` holds
+        them as lone surrogates, ``reason`` as ISO-8859-1): a writer of text would alter them."""
         self.buffered = 0
         self.answered = False
         """Some byte of the answer arrived."""
@@ -190,12 +194,17 @@ class UpstreamResponse:
         self.reason = self._reason.decode("latin-1")
         if len(self._raw_headers) > MAX_HEADERS:
             raise InvalidResponse("the answer has too many header fields")
-        self.headers = tuple(
-            [
-                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-                for name, value in self._raw_headers
-            ]
-        )
+        try:
+            self.headers = tuple([(n.decode(), v.decode()) for n, v in self._raw_headers])
+            self.head_not_utf8 = not self._reason.isascii()
+        except UnicodeDecodeError:
+            self.headers = tuple(
+                [
+                    (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                    for n, v in self._raw_headers
+                ]
+            )
+            self.head_not_utf8 = True
         self._keep_alive = self.parser.should_keep_alive()
         self.phase = Phase.BODY
         if self._is_head or status in NO_BODY_STATUSES:

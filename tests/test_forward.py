@@ -74,6 +74,38 @@ async def test_status_reason_and_repeated_headers_pass_through(
     assert body == b"hello"
 
 
+async def test_header_bytes_that_are_not_utf8_pass_through_exactly(
+    serve_raw: ServeRaw, candidate: Backend, make_proxy: MakeProxy
+) -> None:
+    # Older servers send ISO-8859-1 in reasons and values (a file name in Content-Disposition);
+    # HTTP allows such bytes (obs-text), and the client must get them as they were sent.
+    lines_sent = [
+        b"HTTP/1.1 200 Tr\xe8s bien",
+        b'Content-Disposition: attachment; filename="r\xe9sum\xe9.pdf"',
+        b"X-Raw: \xff\xfe end",
+        b"X-Utf8: caf\xc3\xa9",
+        b"X-Plain: ascii",
+        b"Content-Length: 2",
+        b"Connection: close",
+    ]
+
+    async def respond(_: bytes) -> bytes:
+        return b"\r\n".join(lines_sent) + b"\r\n\r\nok"
+
+    primary = await serve_raw(respond)
+    proxy = await make_proxy(primary.url, candidate.url)
+    raw = await raw_get(proxy.url, b"GET /file HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == lines_sent[0]
+    for line in lines_sent[1:5]:
+        assert line in lines
+    assert body == b"ok"
+    # The record has the same answer, its text made loggable.
+    records = await proxy.records()
+    assert [r["outcome"] for r in records] == ["mismatch"]
+
+
 async def test_gzip_body_passes_undecoded_both_ways(
     serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
@@ -122,6 +154,37 @@ async def test_chunked_stream_arrives_as_it_is_sent(
         assert first == b"first;"  # arrived while the primary still holds the rest
         release.set()
         assert await response.content.read() == b"second"
+
+
+async def test_streamed_answer_keeps_header_bytes_that_are_not_utf8(
+    candidate: Backend, make_proxy: MakeProxy
+) -> None:
+    # A stream's head goes out before its body exists: the other path to the client.
+    release = asyncio.Event()
+    head = b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head + b"6\r\nfirst;\r\n")
+        await release.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        proxy = await make_proxy(f"http://127.0.0.1:{port}", candidate.url)
+        host, proxy_port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(proxy_port))
+        writer.write(b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = await reader.readuntil(b"first;")  # while the primary holds the rest
+        assert b"\r\nX-Name: caf\xe9\r\n" in received
+        release.set()
+        assert b"second" in await reader.read(-1)
+        writer.close()
+    finally:
+        server.close()
 
 
 async def test_head_204_304_and_redirects(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from multidict import CIMultiDict
 
 from shadowproxy.headers import (
+    head_bytes,
     mirror_request_headers,
     redact_headers,
     response_headers,
@@ -102,4 +103,16 @@ def test_redaction_keeps_names_hides_values() -> None:
         ("Authorization", "[redacted]"),
         ("cookie", "[redacted]"),
         ("Accept", "x"),
+    )
+
+
+def test_head_bytes_restores_what_text_could_not_carry() -> None:
+    raw_value = b"r\xe9sum\xe9 \xff"
+    headers = [
+        ("X-Latin", raw_value.decode("utf-8", "surrogateescape")),
+        ("X-Utf8", "caf\u00e9"),
+    ]
+    reason = b"Tr\xe8s bien".decode("latin-1")
+    assert head_bytes(f"HTTP/1.1 200 {reason}", headers) == (
+        b"HTTP/1.1 200 Tr\xe8s bien\r\nX-Latin: " + raw_value + b"\r\nX-Utf8: caf\xc3\xa9\r\n\r\n"
     )
