@@ -81,6 +81,9 @@ async def test_identical_answers_match(
     records = await proxy.records()
     assert [r["outcome"] for r in records] == ["match"] * 3
     assert all(r["differences"] == [] for r in records)
+    # How the bodies were compared, for a match as for a mismatch (the first is computed, the
+    # others remembered).
+    assert [r["body_kind"] for r in records] == ["json"] * 3
 
 
 @pytest.mark.timeout(60)

@@ -5,7 +5,7 @@ same comparison as a plain function.
 """
 
 from shadowproxy.compare.engine import compare
-from shadowproxy.compare.model import IDENTICAL, Comparison, Difference, Kind, Where
+from shadowproxy.compare.model import IDENTICAL, Comparison, Difference, Kind, Where, matching
 from shadowproxy.compare.pool import Comparer
 from shadowproxy.compare.rules import CompiledRules, RuleBook
 
@@ -19,4 +19,5 @@ __all__ = [
     "RuleBook",
     "Where",
     "compare",
+    "matching",
 ]

@@ -16,7 +16,7 @@ from shadowproxy.compare.headers import compare_headers, header_value
 from shadowproxy.compare.json_diff import diff_json
 from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.media import BodyKind
-from shadowproxy.compare.model import IDENTICAL, Comparison, Kind, Where
+from shadowproxy.compare.model import Comparison, Kind, Where, matching
 from shadowproxy.compare.rules import CompiledRules
 from shadowproxy.compare.text import compare_text
 from shadowproxy.exchange import Response
@@ -151,5 +151,5 @@ def compare(
     compare_head(primary, other, rules, out)
     body_kind, excerpt = compare_bodies(primary, other, rules, out, parsed)
     if out.total == 0 and not out.notes:
-        return IDENTICAL  # as the fast path answers: a match with nothing to note
+        return matching(body_kind.value)  # as the fast path answers
     return result(out, body_kind, excerpt)

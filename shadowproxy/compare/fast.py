@@ -23,7 +23,7 @@ from shadowproxy.compare.json_diff import canonical_equal
 from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.media import BodyKind
 from shadowproxy.compare.memo import DEFERRED, BodyMemo, BodyPart
-from shadowproxy.compare.model import IDENTICAL, Comparison
+from shadowproxy.compare.model import Comparison, matching
 from shadowproxy.compare.rules import CompiledRules
 from shadowproxy.exchange import Response
 
@@ -111,7 +111,7 @@ def _with_head(
     ):
         compare_head(primary, candidate, rules, out)
     if out.total == 0 and body.total == 0 and not body.notes:
-        return IDENTICAL
+        return matching(body.kind)
     room = rules.max_differences - len(out.differences)
     return Comparison(
         differences=(*out.differences, *body.differences[:room]),

@@ -58,3 +58,15 @@ class Comparison:
 
 
 IDENTICAL = Comparison(differences=(), total=0)
+"""A match of two empty bodies; `matching` has one for each way of comparing bodies."""
+
+_MATCHES: dict[str, Comparison] = {IDENTICAL.body_kind: IDENTICAL}
+
+
+def matching(body_kind: str) -> Comparison:
+    """A match with nothing to note, its bodies compared as ``body_kind``: one shared object
+    per kind (there are five), so the many matches allocate nothing."""
+    found = _MATCHES.get(body_kind)
+    if found is None:
+        found = _MATCHES[body_kind] = Comparison(differences=(), total=0, body_kind=body_kind)
+    return found

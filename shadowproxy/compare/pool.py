@@ -29,7 +29,7 @@ import structlog
 from shadowproxy.compare import engine
 from shadowproxy.compare.fast import quick_compare
 from shadowproxy.compare.memo import BodyMemo
-from shadowproxy.compare.model import IDENTICAL, Comparison
+from shadowproxy.compare.model import Comparison, matching
 from shadowproxy.compare.rules import CompiledRules, RuleBook
 from shadowproxy.config import DiffConfig
 from shadowproxy.exchange import Response
@@ -176,8 +176,9 @@ class Comparer:
             return None
         finally:
             self._pending.discard(waiter)
-        # A match crossed a process boundary as a copy; callers may test `is IDENTICAL`.
-        return IDENTICAL if result == IDENTICAL else result
+        # A match crossed a process boundary as a copy: share the one object of its kind.
+        match = matching(result.body_kind)
+        return match if result == match else result
 
     @staticmethod
     def _submit(
