@@ -26,6 +26,7 @@ from shadowproxy.config import Config
 from shadowproxy.endpoints import endpoint_of
 from shadowproxy.exchange import Response
 from shadowproxy.headers import (
+    OWN_ANSWER_HEADERS,
     head_bytes,
     request_id_of,
     response_headers,
@@ -131,7 +132,9 @@ class _Snapshot:
 
 def error_response(status: int, error: str, detail: str, request_id: str) -> web.Response:
     body = orjson.dumps({"error": error, "detail": detail, "request_id": request_id})
-    return web.Response(status=status, body=body, content_type="application/json")
+    return web.Response(
+        status=status, body=body, content_type="application/json", headers=OWN_ANSWER_HEADERS
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ REJECTION_REPORT_INTERVAL = 10.0
 REQUEST_TIMEOUT_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\n"
     b"Content-Type: application/json\r\n"
+    b"Server: shadowproxy\r\n"
     b"Content-Length: 70\r\n"
     b"Connection: close\r\n\r\n"
     b'{"error":"request_timeout","detail":"the request head took too long"}\n'

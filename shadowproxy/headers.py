@@ -25,6 +25,12 @@ FORWARDED_HOST = "X-Forwarded-Host"
 REDACTED = "[redacted]"
 
 
+OWN_ANSWER_HEADERS: Mapping[str, str] = {"Server": "shadowproxy"}
+"""On the answers the proxy writes itself (a 502 when the primary is down, a 400 for a request
+it cannot parse): they tell the primary's errors from the proxy's, without aiohttp's default
+``Server`` naming the Python and aiohttp versions to every client."""
+
+
 def connection_listed(headers: Mapping[str, str] | CIMultiDict[str]) -> frozenset[str]:
     """Header names a sender listed in ``Connection``: hop-by-hop for this one connection."""
     listed: set[str] = set()

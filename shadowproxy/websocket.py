@@ -16,6 +16,8 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from shadowproxy.headers import OWN_ANSWER_HEADERS
+
 # The handshake's own headers: aiohttp makes new ones for the upstream leg.
 HANDSHAKE_HEADERS = frozenset(
     {
@@ -65,7 +67,9 @@ async def relay(
         )
     except aiohttp.WSServerHandshakeError as error:
         # The primary said no to the upgrade: the client hears the same status.
-        return web.Response(status=error.status, text=error.message or "")
+        return web.Response(
+            status=error.status, text=error.message or "", headers=OWN_ANSWER_HEADERS
+        )
     async with upstream:
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),

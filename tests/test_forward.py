@@ -284,6 +284,8 @@ async def test_primary_down_gives_502_json(
         body = await response.json()
         assert body["error"] == "primary_unreachable"
         assert body["request_id"]
+        # The proxy's own answer says so, and names no versions.
+        assert response.headers.getall("Server") == ["shadowproxy"]
 
 
 async def test_primary_timeout_gives_504(

@@ -108,9 +108,13 @@ async def test_malformed_requests_get_an_answer_and_reach_nobody(
     assert answer.status == status, answer.data
     assert answer.closed
     assert error_of(answer) == "bad_request"
-    # Nothing the client sent is echoed back.
+    # Nothing the client sent is echoed back, and the proxy names no versions.
     assert b"GARBAGE" not in answer.body
     assert b"elsewhere" not in answer.body
+    head = answer.data.partition(b"\r\n\r\n")[0].lower()
+    assert b"\r\nserver: shadowproxy\r\n" in head + b"\r\n"
+    assert b"aiohttp" not in head
+    assert b"python" not in head
     await still_serving(proxy.url)
     assert [s.raw_path for s in primary.seen] == ["/"]
     assert len(candidate.seen) == 1
