@@ -202,13 +202,18 @@ class PrimaryPath:
             headers.popall("Expect", None)
         if websocket.is_upgrade(request):
             self._metrics.websockets.inc()
-            return await websocket.relay(
-                request,
-                self._websocket_session,
-                target_url(config.primary, request.raw_path),
-                with_host(headers, config.primary.host),
-                settings.options,
-            )
+            try:
+                return await websocket.relay(
+                    request,
+                    self._websocket_session,
+                    target_url(config.primary, request.raw_path),
+                    with_host(headers, config.primary.host),
+                    settings.options,
+                )
+            except websocket.UpgradeRefused as refused:
+                return await self._refused_upgrade(request, refused)
+            except (TimeoutError, UpstreamError) as error:
+                return self._primary_failed(error, request, request_id)
         ticket = self._admit(settings, request, request_id, client_ip, headers, content_length)
         recording = self._record(request, request_id, headers)
         try:
@@ -520,6 +525,16 @@ class PrimaryPath:
         )
         response = error_response(failure.status, failure.error, failure.detail, request_id)
         response.force_close()
+        return response
+
+    async def _refused_upgrade(
+        self, request: web.BaseRequest, refused: websocket.UpgradeRefused
+    ) -> web.StreamResponse:
+        self._metrics.requests.labels(str(refused.status)).inc()
+        response = PassthroughResponse(status=refused.status, headers=refused.headers)
+        response.content_length = 0
+        await response.prepare(request)
+        await response.write_eof()
         return response
 
     def _primary_failed(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shadowproxy import oplog
+from shadowproxy import oplog, websocket
 from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.capture import CaptureSink, worker_path
 from shadowproxy.compare import Comparer
@@ -121,7 +121,9 @@ class Proxy:
             else None
         )
         # WebSocket upgrades are relayed by aiohttp's client; it opens no connection until one.
-        self.websocket_session = make_session(config.primary, stream_timeout=True)
+        self.websocket_session = make_session(
+            config.primary, stream_timeout=True, trace_configs=[websocket.refuse_redirects()]
+        )
         self.noise = NoiseFilter(config, self.worker, self.log)
         self.noise.start()
         self.comparer = Comparer(config.effective_diff())

@@ -90,7 +90,12 @@ def make_pool(
     )
 
 
-def make_session(backend: Backend, *, stream_timeout: bool) -> aiohttp.ClientSession:
+def make_session(
+    backend: Backend,
+    *,
+    stream_timeout: bool,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+) -> aiohttp.ClientSession:
     """A session with its own pool; bodies pass through undecoded, cookies are not kept.
 
     ``stream_timeout`` bounds each read instead of the whole exchange, so a large download
@@ -126,6 +131,7 @@ def make_session(backend: Backend, *, stream_timeout: bool) -> aiohttp.ClientSes
         request_class=PassthroughRequest,
         trust_env=False,
         read_bufsize=READ_CHUNK,
+        trace_configs=trace_configs,
     )
 
 

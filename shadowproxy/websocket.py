@@ -16,7 +16,8 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from shadowproxy.headers import OWN_ANSWER_HEADERS
+from shadowproxy.headers import response_headers
+from shadowproxy.pool import ConnectFailed, InvalidResponse
 
 # The handshake's own headers: aiohttp makes new ones for the upstream leg.
 HANDSHAKE_HEADERS = frozenset(
@@ -30,6 +31,43 @@ HANDSHAKE_HEADERS = frozenset(
 )
 # A close code the peer did not send (1005 "no status") cannot be sent on; 1000 stands in.
 NORMAL_CLOSURE = 1000
+
+
+class UpgradeRefused(Exception):
+    """The primary answered the upgrade with something else (a 401, a redirect): the client
+    gets that status and its end-to-end headers. The body is not available (aiohttp's
+    handshake drops it), so the answer has none."""
+
+    def __init__(self, status: int, headers: CIMultiDict[str]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.headers = headers
+
+    @classmethod
+    def by_primary(cls, status: int, headers: Mapping[str, str]) -> UpgradeRefused:
+        passed = response_headers(headers.items())
+        for name in ("Content-Length", "Content-Encoding"):
+            passed.popall(name, None)
+        return cls(status, passed)
+
+
+def refuse_redirects() -> aiohttp.TraceConfig:
+    """For the WebSocket session: stop at a redirect of the handshake instead of following it.
+
+    ``ws_connect`` follows redirects and has no option against it; the proxy never follows
+    one (the client decides), so the first redirect ends the handshake as `UpgradeRefused`.
+    """
+
+    async def on_redirect(
+        _session: aiohttp.ClientSession, _context: Any, params: aiohttp.TraceRequestRedirectParams
+    ) -> None:
+        response = params.response
+        response.close()
+        raise UpgradeRefused.by_primary(response.status, response.headers)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(on_redirect)
+    return trace
 
 
 def is_upgrade(request: web.BaseRequest) -> bool:
@@ -66,10 +104,13 @@ async def relay(
             **options,
         )
     except aiohttp.WSServerHandshakeError as error:
-        # The primary said no to the upgrade: the client hears the same status.
-        return web.Response(
-            status=error.status, text=error.message or "", headers=OWN_ANSWER_HEADERS
-        )
+        if error.status == 101 or error.headers is None:
+            raise InvalidResponse("the primary's WebSocket handshake is not valid") from None
+        raise UpgradeRefused.by_primary(error.status, error.headers) from None
+    except aiohttp.ClientConnectorError as error:
+        raise ConnectFailed(str(error)) from None
+    except aiohttp.ClientError as error:  # closed, or garbage instead of an answer
+        raise InvalidResponse(str(error)) from None
     async with upstream:
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
@@ -77,6 +118,13 @@ async def relay(
             autoclose=False,
             max_msg_size=0,
         )
+        # The primary's own fields on its 101 (a load balancer's cookie, say) reach the client
+        # too; aiohttp writes the handshake's.
+        handshake: aiohttp.ClientResponse | None = getattr(upstream, "_response", None)
+        if handshake is not None:
+            for name, value in response_headers(handshake.headers.items()).items():
+                if name.lower() not in HANDSHAKE_HEADERS:
+                    client.headers.add(name, value)
         await client.prepare(request)
         pumps = [
             asyncio.ensure_future(_pump(client, upstream)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -193,6 +194,91 @@ async def test_websocket_relayed_both_ways_and_never_mirrored(
     assert candidate.seen == []
     metrics = proxy.proxy.metrics.render().decode()
     assert "shadowproxy_websocket_upgrades_total 1.0" in metrics
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def upgrade_answer_head(url: str) -> list[bytes]:
+    """The status line and header lines the proxy answers a WebSocket upgrade with."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(UPGRADE)
+        head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    return head.removesuffix(b"\r\n\r\n").split(b"\r\n")
+
+
+async def test_refused_websocket_upgrade_passes_the_primarys_status_and_headers(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    async def refuse(_: web.BaseRequest) -> web.StreamResponse:
+        challenge = {"WWW-Authenticate": 'Bearer realm="chat"', "X-Why": "no token"}
+        return web.Response(status=401, headers=challenge, text="log in first")
+
+    primary = await serve(refuse)
+    proxy = await make_proxy(primary.url, (await serve(ok)).url)
+    head = await upgrade_answer_head(proxy.url)
+    assert head[0] == b"HTTP/1.1 401 Unauthorized"
+    assert b'WWW-Authenticate: Bearer realm="chat"' in head
+    assert b"X-Why: no token" in head
+
+
+async def test_websocket_upgrade_redirect_is_passed_on_not_followed(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    async def accept(request: web.BaseRequest) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    elsewhere = await serve(accept)
+
+    async def redirect(_: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": elsewhere.url + "/ws"})
+
+    primary = await serve(redirect)
+    proxy = await make_proxy(primary.url, (await serve(ok)).url)
+    head = await upgrade_answer_head(proxy.url)
+    assert head[0] == b"HTTP/1.1 307 Temporary Redirect"
+    assert f"Location: {elsewhere.url}/ws".encode() in head
+    assert elsewhere.seen == []  # the client decides whether to follow, as for any request
+
+
+async def test_websocket_handshake_carries_the_primarys_own_headers(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    async def accept(request: web.BaseRequest) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        ws.headers["Set-Cookie"] = "lb=node-7; Path=/"
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    primary = await serve(accept)
+    proxy = await make_proxy(primary.url, (await serve(ok)).url)
+    head = await upgrade_answer_head(proxy.url)
+    assert head[0] == b"HTTP/1.1 101 Switching Protocols"
+    assert b"Set-Cookie: lb=node-7; Path=/" in head
+    assert sum(line.lower().startswith(b"sec-websocket-accept:") for line in head) == 1
+
+
+async def test_websocket_upgrade_to_a_primary_that_is_down_gets_a_502(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proxy = await make_proxy(dead, (await serve(ok)).url)
+    head = await upgrade_answer_head(proxy.url)
+    assert head[0] == b"HTTP/1.1 502 Bad Gateway"
+    assert b"Server: shadowproxy" in head
 
 
 async def test_server_sent_events_stream_without_buffering(
