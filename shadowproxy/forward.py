@@ -58,18 +58,22 @@ class PassthroughResponse(web.StreamResponse):
         """
         self._send_headers_immediately = False
 
-    _keep_head_bytes = False
+    async def _prepare_headers(self) -> None:
+        supplied = {name for name in _SERVER_DEFAULTS if name in self.headers}
+        await super()._prepare_headers()
+        for name in _SERVER_DEFAULTS:
+            if name not in supplied:
+                self.headers.popall(name, None)
 
-    def keep_head_bytes(self) -> None:
-        """Write the head from the bytes the primary sent: aiohttp's writer drops bytes that
-        are not UTF-8 and re-encodes an ISO-8859-1 reason. Only for such heads; the others
-        take aiohttp's faster path."""
-        self._keep_head_bytes = True
+
+class ExactHeadResponse(PassthroughResponse):
+    """A passthrough response whose head is written from the bytes the primary sent.
+
+    aiohttp's writer drops bytes that are not UTF-8 and re-encodes an ISO-8859-1 reason; only
+    heads with such bytes come here, the others keep aiohttp's path as it is.
+    """
 
     async def _write_headers(self) -> None:
-        if not self._keep_head_bytes:
-            await super()._write_headers()
-            return
         request, writer = self._req, self._payload_writer
         assert request is not None
         assert writer is not None
@@ -82,13 +86,6 @@ class PassthroughResponse(web.StreamResponse):
             writer._headers_buf = head_bytes(status_line, self._headers.items())
         if self._send_headers_immediately:
             writer.send_headers()
-
-    async def _prepare_headers(self) -> None:
-        supplied = {name for name in _SERVER_DEFAULTS if name in self.headers}
-        await super()._prepare_headers()
-        for name in _SERVER_DEFAULTS:
-            if name not in supplied:
-                self.headers.popall(name, None)
 
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -386,13 +383,12 @@ class PrimaryPath:
         started: float,
         recording: Recording | None = None,
     ) -> web.StreamResponse:
-        response = PassthroughResponse(
+        kind = ExactHeadResponse if upstream.head_not_utf8 else PassthroughResponse
+        response = kind(
             status=upstream.status,
             reason=upstream.reason,
             headers=response_headers(upstream.headers),
         )
-        if upstream.head_not_utf8:
-            response.keep_head_bytes()
         if upstream.complete:
             # The whole body came with the headers, as most small answers do.
             return await self._answer_whole(
