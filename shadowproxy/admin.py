@@ -17,6 +17,7 @@ from aiohttp import web
 from yarl import URL
 
 from shadowproxy.config import Config
+from shadowproxy.headers import OWN_ANSWER_HEADERS
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # How long /readyz waits for a TCP connection to the primary.
@@ -69,6 +70,11 @@ def _authorised(request: web.Request, config: Config) -> web.Response | None:
     return response
 
 
+async def _name_the_server(_: web.Request, response: web.StreamResponse) -> None:
+    # As on the proxy's own answers: no Python and aiohttp versions for whoever can reach it.
+    response.headers.update(OWN_ANSWER_HEADERS)
+
+
 def build_admin_app(
     *,
     config: Callable[[], Config],
@@ -97,6 +103,7 @@ def build_admin_app(
         return _json({"digest": active.digest(), "config": active.redacted()})
 
     app = web.Application()
+    app.on_response_prepare.append(_name_the_server)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

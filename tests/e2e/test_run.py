@@ -61,6 +61,7 @@ async def test_healthz_on_admin_listener(serve: Serve, start_proxy: StartProxy) 
     async with aiohttp.ClientSession() as session, session.get(proxy.admin_url + "/healthz") as r:
         assert r.status == 200
         assert (await r.json())["status"] == "ok"
+        assert r.headers.getall("Server") == ["shadowproxy"]
 
 
 async def test_secrets_never_reach_the_log(
