@@ -64,6 +64,9 @@ CASES = (
 )
 CASE_KEYS = tuple(c.key for c in CASES)
 OTHER_LOAD_WARNING = 0.1
+ROUND_SPREAD_NOTE = 0.15
+"""A case whose throughput differs more than this between its slowest and fastest round is
+named under the table: its median is less certain than the others'."""
 
 TARGETS = {
     "sp_mirror_over_nginx_mirror": 1.0,
@@ -391,6 +394,12 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def round_range(row: dict[str, Any]) -> tuple[float, float]:
+    """The lowest and highest throughput a case measured over its rounds."""
+    values = [float(r["throughput"]["rps"]) for r in row.get("rounds", [row])]
+    return min(values), max(values)
+
+
 def print_report(data: dict[str, Any]) -> None:
     meta, rows, r = data["meta"], data["cases"], data["ratios"]
     s = meta["settings"]
@@ -444,6 +453,18 @@ def print_report(data: dict[str, Any]) -> None:
             f"warning: other processes used more than {OTHER_LOAD_WARNING:.0%} of the machine "
             f"during {', '.join(noisy)}; those figures are low"
         )
+    spread = [
+        f"  {row['case']}/{row['candidate']}: {low:,.0f}-{high:,.0f} requests/s"
+        for row in rows
+        for low, high in [round_range(row)]
+        if low and high / low - 1 > ROUND_SPREAD_NOTE
+    ]
+    if spread:
+        print(
+            f"throughput differed by more than {ROUND_SPREAD_NOTE:.0%} between rounds (the "
+            "machine's speed changed during the run):"
+        )
+        print("\n".join(spread))
     print()
     print("ratios")
     for candidate in CANDIDATES:

@@ -63,3 +63,11 @@ def test_ratios_are_taken_within_each_round_then_the_median() -> None:
     assert summary["sp_mirror_over_sp_off"]["healthy"] == 0.5
     target = summary["targets"]["sp_mirror_over_sp_off"]
     assert target == {"value": 0.5, "target": ">= 0.7", "met": False}
+
+
+def test_round_range_is_the_slowest_and_fastest_round() -> None:
+    rows, _ = proxy_bench.combine_rounds(
+        [_round(10_000, 16_000, 8_000), _round(5_000, 8_000, 4_000)]
+    )
+    nginx = next(row for row in rows if row["case"] == "nginx_mirror")
+    assert proxy_bench.round_range(nginx) == (5_000, 10_000)
