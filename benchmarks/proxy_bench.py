@@ -453,12 +453,11 @@ def print_report(data: dict[str, Any]) -> None:
             f"warning: other processes used more than {OTHER_LOAD_WARNING:.0%} of the machine "
             f"during {', '.join(noisy)}; those figures are low"
         )
-    spread = [
-        f"  {row['case']}/{row['candidate']}: {low:,.0f}-{high:,.0f} requests/s"
-        for row in rows
-        for low, high in [round_range(row)]
-        if low and high / low - 1 > ROUND_SPREAD_NOTE
-    ]
+    spread = []
+    for row in rows:
+        low, high = round_range(row)
+        if low and high / low - 1 > ROUND_SPREAD_NOTE:
+            spread.append(f"  {row['case']}/{row['candidate']}: {low:,.0f}-{high:,.0f} requests/s")
     if spread:
         print(
             f"throughput differed by more than {ROUND_SPREAD_NOTE:.0%} between rounds (the "

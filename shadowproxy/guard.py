@@ -38,7 +38,7 @@ from aiohttp.web_protocol import RequestHandler
 from shadowproxy import oplog
 from shadowproxy.config import LimitsConfig
 from shadowproxy.forward import error_response
-from shadowproxy.headers import new_request_id, request_id_of
+from shadowproxy.headers import OWN_ANSWER_HEADERS, new_request_id, request_id_of
 from shadowproxy.metrics import Metrics
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -55,8 +55,8 @@ REJECTION_REPORT_INTERVAL = 10.0
 REQUEST_TIMEOUT_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\n"
     b"Content-Type: application/json\r\n"
-    b"Server: shadowproxy\r\n"
-    b"Content-Length: 70\r\n"
+    + "".join(f"{name}: {value}\r\n" for name, value in OWN_ANSWER_HEADERS.items()).encode()
+    + b"Content-Length: 70\r\n"
     b"Connection: close\r\n\r\n"
     b'{"error":"request_timeout","detail":"the request head took too long"}\n'
 )
