@@ -45,10 +45,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("shadowproxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     oplog.configure()
-    _install_uvloop()
     try:
         if workers > 1 and args.worker_index is None:
+            # The supervisor stays on asyncio's own loop: its subprocesses keep the signal
+            # mask they are started with (see workers.py), which libuv's spawn clears.
             return _run_supervisor(config, Path(path), workers)
+        _install_uvloop()
         from shadowproxy.server import serve
 
         asyncio.run(

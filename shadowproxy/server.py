@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shadowproxy import oplog, websocket
+from shadowproxy import oplog, signals, websocket
 from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.capture import CaptureSink, worker_path
 from shadowproxy.compare import Comparer
@@ -339,6 +339,14 @@ async def serve(
         worker=worker,
         workers=workers,
     )
+    # Handlers are in place before anyone can learn the address: a stop asked for during
+    # start-up drains once started, and a reload waits (held) until the proxy can do it.
+    signals.hold(signal.SIGHUP)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, proxy.reload)
     await proxy.start()
     # What start-up built (modules, the config, compiled rules, pools) lives as long as the
     # process: out of the collector's full passes, which otherwise walk it again and again.
@@ -347,11 +355,7 @@ async def serve(
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload)
+    signals.release(signal.SIGHUP)
     orphan_watch = None
     if worker is not None:
         orphan_watch = loop.create_task(_stop_when_orphaned(stop))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shadowproxy import oplog
+from shadowproxy import oplog, signals
 from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.config import Config, ConfigError, load_config
 from shadowproxy.follow import LogFollower
@@ -43,12 +43,16 @@ class Supervisor:
         self._port = 0
         self._tls_port = 0
         self._follower: LogFollower | None = None
+        self._started = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Workers inherit the held SIGHUP: one sent while they start waits until they can
+        # reload. The supervisor passes its own on once every worker is there to take it.
+        signals.hold(signal.SIGHUP)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         reserved = bind(self.config.listen, reuse_port=True)  # holds the port, never listens
         self._port = reserved.getsockname()[1]
@@ -64,6 +68,8 @@ class Supervisor:
         try:
             await asyncio.gather(*(self._start_worker(i) for i in range(self.count)))
             admin_runner = await self._start_admin()
+            self._started = True
+            signals.release(signal.SIGHUP)
             if watcher is not None:
                 watcher.start()
             await self._supervise(stop)
@@ -92,9 +98,12 @@ class Supervisor:
             *(("--listen-tls-port", str(self._tls_port)) if self._tls_port else ()),
             "--ready-fd", str(write_fd),
         ]  # fmt: skip
+        signals.hold(signal.SIGHUP)  # a restarted worker is as exposed as the first
         process = await asyncio.create_subprocess_exec(
             *command, pass_fds=(write_fd,), stdin=asyncio.subprocess.DEVNULL
         )
+        if self._started:  # not a mask saved and restored: restarts may overlap
+            signals.release(signal.SIGHUP)
         os.close(write_fd)
         self.processes[index] = process
         loop = asyncio.get_running_loop()

@@ -73,8 +73,12 @@ class ProxyProcess:
 
     async def wait_count(self, name: str, count: int, timeout: float = 10.0) -> None:
         """Wait until the operational log holds ``count`` events called ``name``."""
+        await self.wait_until(lambda: self.count(name) >= count, timeout)
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until ``done()``, asked again at each line of the operational log."""
         async with asyncio.timeout(timeout), self._new_line:
-            await self._new_line.wait_for(lambda: self.count(name) >= count)
+            await self._new_line.wait_for(done)
 
     async def wait_event(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
         """Wait for the process to report ``name`` in its operational log."""
@@ -135,7 +139,13 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
     processes: list[ProxyProcess] = []
 
     async def start(
-        primary: str, candidate: str, /, *, args: tuple[str, ...] = (), **overrides: Any
+        primary: str,
+        candidate: str,
+        /,
+        *,
+        args: tuple[str, ...] = (),
+        on_spawn: Callable[[asyncio.subprocess.Process], None] | None = None,
+        **overrides: Any,
     ) -> ProxyProcess:
         index = len(processes)
         log_path = tmp_path / f"discrepancies-{index}.jsonl"
@@ -158,6 +168,8 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
         )  # fmt: skip
         running = ProxyProcess(process, config_path, log_path)
         processes.append(running)
+        if on_spawn is not None:  # before it listens
+            on_spawn(process)
         await running.wait_started()
         return running
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -13,10 +14,13 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from shadowproxy import signals
 from tests.conftest import Backend, Handler
 from tests.e2e.conftest import ProxyProcess, StartProxy
 
 pytestmark = pytest.mark.e2e
+
+RELOAD_STORM_INTERVAL = 0.05
 
 Serve = Callable[..., Awaitable[Backend]]
 
@@ -207,3 +211,72 @@ async def test_reloads_under_steady_load_fail_no_request(
         await asyncio.gather(*loaders)
     assert await proxy.stop() == 0
     assert failures == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_reload_asked_for_during_start_up_is_done_once_started(
+    serve: Serve, start_proxy: StartProxy, workers: int
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    # Held here, SIGHUP stays pending in the child from its first instruction, as it does
+    # in a worker its supervisor starts; the process must take it once it can reload.
+    signals.hold(signal.SIGHUP)
+    try:
+        proxy = await start_proxy(
+            primary.url,
+            candidate.url,
+            args=("--workers", str(workers)),
+            reload={"watch": False},
+            on_spawn=lambda process: process.send_signal(signal.SIGHUP),
+        )
+    finally:
+        signals.release(signal.SIGHUP)
+    # Each worker, and a supervisor when there is one, says it reloaded.
+    await proxy.wait_count("config_reloaded", workers + 1 if workers > 1 else 1)
+    assert proxy.count("worker_exited") == 0
+    async with aiohttp.ClientSession() as client, client.get(proxy.url + "/x") as response:
+        assert response.status == 200
+    assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_started_again_survives_reloads_asked_for_while_it_starts(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "2"), reload={"watch": False}
+    )
+    victim = next(e["pid"] for e in proxy.stderr_lines if e.get("event") == "worker_listening")
+    os.kill(victim, signal.SIGKILL)
+    await proxy.wait_event("worker_exited")
+
+    async def ask_for_reloads() -> None:
+        # A storm, so that some fall while the new worker imports its modules and starts.
+        while True:
+            proxy.process.send_signal(signal.SIGHUP)
+            await asyncio.sleep(RELOAD_STORM_INTERVAL)
+
+    storm = asyncio.ensure_future(ask_for_reloads())
+    try:
+        await proxy.wait_count("worker_listening", 3, timeout=20)
+    finally:
+        storm.cancel()
+    lines = proxy.stderr_lines
+    started = max(i for i, e in enumerate(lines) if e.get("event") == "worker_listening")
+    replacement = lines[started]
+    assert replacement["pid"] != victim
+
+    def reloaded_since_started() -> bool:
+        return any(
+            e.get("event") == "config_reloaded" and e.get("worker") == replacement["worker"]
+            for e in lines[started:]
+        )
+
+    # A signal pending at its start is a reload once it is ready, not its death.
+    await proxy.wait_until(reloaded_since_started)
+    assert proxy.count("worker_exited") == 1
+    assert await proxy.stop() == 0
