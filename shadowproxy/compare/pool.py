@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import threading
 import time
 from concurrent.futures import (
     BrokenExecutor,
@@ -45,6 +48,22 @@ log = structlog.get_logger(__name__)
 def _worker_init() -> None:
     # A Ctrl-C goes to the whole process group; only the parent should act on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_when_gone, args=(parent.sentinel,), name="parent-watch", daemon=True
+        ).start()
+
+
+def _exit_when_gone(parent_sentinel: int) -> None:
+    """Exit when the proxy process does, however it ends.
+
+    The pool tells its workers nothing when its process is killed (SIGKILL, the OOM killer):
+    they would wait for work forever, with the forkserver they keep alive, both holding the
+    proxy's standard error open, and a supervisor restarting the proxy would add more.
+    """
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(0)
 
 
 def _ready() -> bool:

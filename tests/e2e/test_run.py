@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -212,3 +213,24 @@ async def test_sigterm_finishes_requests_under_way(
     assert await pending == "finished"
     assert await proxy.stop() == 0
     assert any(e.get("event") == "stopped" for e in proxy.stderr_lines)
+
+
+@pytest.mark.timeout(60)
+async def test_a_killed_proxy_leaves_no_comparison_process_behind(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler({"n": 1}))
+    candidate = await serve(json_handler({"n": 2}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "1"), diff={"workers": 1}
+    )
+    async with client.get(proxy.url + "/n") as response:
+        assert response.status == 200
+    await proxy.wait_records(1)
+    helpers = psutil.Process(proxy.pid).children(recursive=True)
+    assert helpers  # the comparison worker, and the forkserver it was forked from
+    os.kill(proxy.pid, signal.SIGKILL)
+    # Its standard error ends only when every process holding it has exited.
+    assert await proxy.exited() == -signal.SIGKILL
+    _, alive = await asyncio.to_thread(psutil.wait_procs, helpers, timeout=10)
+    assert alive == []
