@@ -5,6 +5,7 @@ and graceful shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -95,6 +96,13 @@ class Proxy:
         self.admin_address: tuple[str, int] | None = None
 
     async def start(self) -> None:
+        """Build the parts and open the listeners; when any step fails (a port in use, a
+        capture file that cannot be opened), close what was already built, then raise."""
+        async with contextlib.AsyncExitStack() as built:
+            await self._start(built)
+            built.pop_all()  # started: stop() closes everything, in its own order
+
+    async def _start(self, built: contextlib.AsyncExitStack) -> None:
         config = self.config
         for name, backend in (("primary", config.primary), ("candidate", config.candidate)):
             if backend.tls.insecure and backend.url.startswith("https://"):
@@ -106,6 +114,7 @@ class Proxy:
                 )
         self.writer = LogWriter(config.log, on_lost=self.metrics.log_lost.inc, oplog=self.log)
         self.writer.start()
+        built.push_async_callback(self.writer.close)
         opened = self.metrics.connections
         self.primary_pool = make_pool(
             config.primary, timing=Timing.IDLE, on_connect=opened.labels("primary").inc
@@ -120,14 +129,20 @@ class Proxy:
             if config.secondary
             else None
         )
+        for pool in (self.primary_pool, self.candidate_pool, self.secondary_pool):
+            if pool is not None:
+                built.push_async_callback(pool.close)
         # WebSocket upgrades are relayed by aiohttp's client; it opens no connection until one.
         self.websocket_session = make_session(
             config.primary, stream_timeout=True, trace_configs=[websocket.refuse_redirects()]
         )
+        built.push_async_callback(self.websocket_session.close)
         self.noise = NoiseFilter(config, self.worker, self.log)
         self.noise.start()
+        built.push_async_callback(self.noise.close)
         self.comparer = Comparer(config.effective_diff())
         await self.comparer.start()
+        built.push_async_callback(self.comparer.close)
         self.dispatcher = MirrorDispatcher(
             config,
             candidate_pool=self.candidate_pool,
@@ -138,6 +153,8 @@ class Proxy:
             workers=self.workers,
         )
         self.capture = self._open_capture(config)
+        if self.capture is not None:
+            built.push_async_callback(self.capture.close)
         self.primary_path = PrimaryPath(
             config,
             pool=self.primary_pool,
@@ -156,6 +173,7 @@ class Proxy:
         proxy_runner = web.ServerRunner(
             self.proxy_server, shutdown_timeout=config.shutdown_timeout, access_log=None
         )
+        built.push_async_callback(self._cleanup_runners)
         await proxy_runner.setup()
         self._runners.append(proxy_runner)
         proxy_sock = self._proxy_socket or bind(config.listen)
@@ -173,6 +191,7 @@ class Proxy:
             await self._start_admin()
         if self._watcher is not None:
             self._watcher.start()
+            built.push_async_callback(self._watcher.stop)
         admin = self.admin_address
         self.log.info(
             "listening" if self.worker is None else "worker_listening",
@@ -184,6 +203,10 @@ class Proxy:
             config_digest=config.digest(),
             pid=os.getpid(),
         )
+
+    async def _cleanup_runners(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
 
     def _open_capture(self, config: Config) -> CaptureSink | None:
         if config.capture is None:

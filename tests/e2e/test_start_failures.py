@@ -1,0 +1,71 @@
+"""A proxy that cannot start says why in one line and exits 1: no traceback, nothing left open."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def run(tmp_path: Path, workers: int, **config: Any) -> subprocess.CompletedProcess[str]:
+    base = {
+        "listen": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        "primary": {"url": "http://127.0.0.1:1"},
+        "candidate": {"url": "http://127.0.0.1:2"},
+        "log": {"path": str(tmp_path / "log.jsonl")},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**base, **config}))
+    command = ["run", "--config", str(path), "--workers", str(workers)]
+    return subprocess.run(
+        [sys.executable, "-m", "shadowproxy", *command],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], reason: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "shadowproxy: cannot start:" in result.stderr
+    assert reason in result.stderr
+    # What start-up had already built (connection pools, comparison workers) was closed.
+    assert "Traceback" not in result.stderr
+    assert "Unclosed" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use(tmp_path: Path, taken_port: int, workers: int) -> None:
+    result = run(tmp_path, workers, listen=f"127.0.0.1:{taken_port}")
+    assert_clean_failure(result, "Address already in use")
+
+
+def test_a_capture_file_that_cannot_be_opened(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("")
+    result = run(tmp_path, 1, capture={"path": str(tmp_path / "plain-file" / "capture.jsonl")})
+    assert_clean_failure(result, "plain-file")
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("")
+    result = run(tmp_path, 2, capture={"path": str(tmp_path / "plain-file" / "capture.jsonl")})
+    assert_clean_failure(result, "exited during start-up with code 1")
+    assert "plain-file" in result.stderr  # the worker's own reason, above the supervisor's
