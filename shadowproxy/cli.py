@@ -92,9 +92,13 @@ def _run_supervisor(config: Config, path: Path, workers: int) -> int:
     # when it is first imported, so it is set before anything imports it.
     metrics_dir = Path(tempfile.mkdtemp(prefix="shadowproxy-metrics-"))
     os.environ[PROMETHEUS_MULTIPROC_DIR] = str(metrics_dir)
-    from shadowproxy.workers import run_supervisor
+    from shadowproxy.workers import WorkerStartError, run_supervisor
 
-    run_supervisor(config, path, workers, metrics_dir)
+    try:
+        run_supervisor(config, path, workers, metrics_dir)
+    except WorkerStartError as error:
+        print(f"shadowproxy: cannot start: {error}", file=sys.stderr)
+        return 1
     return EXIT_OK
 
 

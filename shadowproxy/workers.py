@@ -32,6 +32,10 @@ WORKER_START_TIMEOUT = 30.0
 RESTART_DELAY = 1.0
 
 
+class WorkerStartError(Exception):
+    """A worker did not come up: at start the supervisor stops the others and exits."""
+
+
 class Supervisor:
     def __init__(self, config: Config, config_path: Path, workers: int) -> None:
         self.config = config
@@ -110,11 +114,16 @@ class Supervisor:
         try:
             async with asyncio.timeout(WORKER_START_TIMEOUT):
                 ready = await loop.run_in_executor(None, os.read, read_fd, 16)
+        except TimeoutError:
+            raise WorkerStartError(
+                f"worker {index} was not ready within {WORKER_START_TIMEOUT:g} s"
+            ) from None
         finally:
             os.close(read_fd)
         if not ready:
             code = await process.wait()
-            raise RuntimeError(f"worker {index} exited during start-up with code {code}")
+            # The worker has said why on standard error ("cannot start: ...").
+            raise WorkerStartError(f"worker {index} exited during start-up with code {code}")
 
     async def _start_admin(self) -> web.AppRunner:
         # Workers share only the log file, so the live report follows it.
@@ -171,7 +180,7 @@ class Supervisor:
             self.log.error("worker_exited", worker=index, code=code)
             await asyncio.sleep(RESTART_DELAY)
             if not self._stopping:
-                with contextlib.suppress(RuntimeError, TimeoutError):
+                with contextlib.suppress(WorkerStartError):
                     await self._start_worker(index)
 
     def reload(self) -> None:
