@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shadowproxy import __version__, oplog
-from shadowproxy.config import ENV_CONFIG, Config, ConfigError, load_config
+from shadowproxy.config import (
+    ENV_CONFIG,
+    Config,
+    ConfigError,
+    parse_config_text,
+    read_config_text,
+)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -24,12 +30,19 @@ def _config_path(args: argparse.Namespace) -> str | None:
     return path
 
 
-def _load(path: str | None) -> Config | None:
+def _load(path: str | None, fd: int | None = None) -> tuple[Config, str] | None:
+    """The config and the text it was read from: the file's, or what ``fd`` carries (a
+    worker gets its supervisor's, which ``path`` names for messages and reloads)."""
     if path is None:
         print(f"shadowproxy: no config: pass --config FILE or set {ENV_CONFIG}", file=sys.stderr)
         return None
     try:
-        return load_config(path)
+        if fd is None:
+            text = read_config_text(path)
+        else:
+            with open(fd, encoding="utf-8") as given:
+                text = given.read()
+        return parse_config_text(text, path), text
     except ConfigError as error:
         print(f"shadowproxy: invalid config {path}:\n{error}", file=sys.stderr)
         return None
@@ -37,9 +50,10 @@ def _load(path: str | None) -> Config | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     path = _config_path(args)
-    config = _load(path)
-    if config is None or path is None:
+    loaded = _load(path, args.config_fd)
+    if loaded is None or path is None:
         return EXIT_USAGE
+    config, text = loaded
     workers = args.workers or available_cores()
     if workers < 1:
         print("shadowproxy: --workers must be at least 1", file=sys.stderr)
@@ -49,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if workers > 1 and args.worker_index is None:
             # The supervisor stays on asyncio's own loop: its subprocesses keep the signal
             # mask they are started with (see workers.py), which libuv's spawn clears.
-            return _run_supervisor(config, Path(path), workers)
+            return _run_supervisor(config, text, Path(path), workers)
         _install_uvloop()
         from shadowproxy.server import serve
 
@@ -87,7 +101,7 @@ def available_cores() -> int:
     return cores
 
 
-def _run_supervisor(config: Config, path: Path, workers: int) -> int:
+def _run_supervisor(config: Config, text: str, path: Path, workers: int) -> int:
     # Worker processes share metrics through files; prometheus-client reads this variable
     # when it is first imported, so it is set before anything imports it.
     metrics_dir = Path(tempfile.mkdtemp(prefix="shadowproxy-metrics-"))
@@ -95,7 +109,7 @@ def _run_supervisor(config: Config, path: Path, workers: int) -> int:
     from shadowproxy.workers import WorkerStartError, run_supervisor
 
     try:
-        run_supervisor(config, path, workers, metrics_dir)
+        run_supervisor(config, text, path, workers, metrics_dir)
     except WorkerStartError as error:
         print(f"shadowproxy: cannot start: {error}", file=sys.stderr)
         return 1
@@ -112,9 +126,10 @@ def _install_uvloop() -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = args.file or _config_path(args)
-    config = _load(path)
-    if config is None:
+    loaded = _load(path)
+    if loaded is None:
         return EXIT_USAGE
+    config, _ = loaded
     print(f"{path}: ok (digest {config.digest()})")
     return EXIT_OK
 
@@ -138,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen-port", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--listen-tls-port", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--config-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")

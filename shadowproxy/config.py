@@ -868,23 +868,31 @@ def parse_config(data: Any, source: str = "config") -> Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
+    return parse_config_text(read_config_text(path), str(path))
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{file}: config file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{file}: cannot read config file: {error}") from None
+
+
+def parse_config_text(text: str, source: str) -> Config:
+    """The config a file's text describes; ``source`` names the file in messages."""
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        raise ConfigError(f"{file}: YAML syntax error at {where}: {error.problem}") from None
+        raise ConfigError(f"{source}: YAML syntax error at {where}: {error.problem}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: YAML error: {error}") from None
+        raise ConfigError(f"{source}: YAML error: {error}") from None
     except ValueError as error:  # a value YAML reads as a date that is none: 2024-02-30
-        raise ConfigError(f"{file}: YAML value error: {error}") from None
+        raise ConfigError(f"{source}: YAML value error: {error}") from None
     except RecursionError:
-        raise ConfigError(f"{file}: YAML nested too deeply") from None
-    return parse_config(data, str(file))
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    return parse_config(data, source)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from shadowproxy import oplog, signals
 from shadowproxy.admin import LiveReport, build_admin_app
-from shadowproxy.config import Config, ConfigError, load_config
+from shadowproxy.config import Config, ConfigError, parse_config_text, read_config_text
 from shadowproxy.follow import LogFollower
 from shadowproxy.metrics import render_all_workers
 from shadowproxy.report.live import LiveView
@@ -37,9 +37,12 @@ class WorkerStartError(Exception):
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: Path, workers: int) -> None:
+    def __init__(self, config: Config, config_text: str, config_path: Path, workers: int) -> None:
         self.config = config
         self.config_path = config_path
+        # What workers start with: a worker started again runs its siblings' config, even
+        # when the file has since been edited into one that does not load.
+        self._config_text = config_text
         self.count = workers
         self.log = oplog.get(role="supervisor")
         self.processes: dict[int, asyncio.subprocess.Process] = {}
@@ -95,22 +98,29 @@ class Supervisor:
 
     async def _start_worker(self, index: int) -> None:
         read_fd, write_fd = os.pipe()
+        config_fd, config_out = os.pipe()
         command = [
             sys.executable, "-m", "shadowproxy", "run", "--config", str(self.config_path),
+            "--config-fd", str(config_fd),
             "--workers", str(self.count), "--worker-index", str(index),
             "--listen-port", str(self._port),
             *(("--listen-tls-port", str(self._tls_port)) if self._tls_port else ()),
             "--ready-fd", str(write_fd),
         ]  # fmt: skip
         signals.hold(signal.SIGHUP)  # a restarted worker is as exposed as the first
-        process = await asyncio.create_subprocess_exec(
-            *command, pass_fds=(write_fd,), stdin=asyncio.subprocess.DEVNULL
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command, pass_fds=(write_fd, config_fd), stdin=asyncio.subprocess.DEVNULL
+            )
+        finally:
+            os.close(write_fd)
+            os.close(config_fd)
         if self._started:  # not a mask saved and restored: restarts may overlap
             signals.release(signal.SIGHUP)
-        os.close(write_fd)
         self.processes[index] = process
         loop = asyncio.get_running_loop()
+        # More than a pipe holds blocks until the worker reads it: off the event loop.
+        await loop.run_in_executor(None, _send_all, config_out, self._config_text.encode())
         try:
             async with asyncio.timeout(WORKER_START_TIMEOUT):
                 ready = await loop.run_in_executor(None, os.read, read_fd, 16)
@@ -186,19 +196,31 @@ class Supervisor:
     def reload(self) -> None:
         """Validate first; only a valid file is passed on to the workers."""
         try:
-            new = load_config(self.config_path)
+            text = read_config_text(self.config_path)
+            new = parse_config_text(text, str(self.config_path))
         except ConfigError as error:
             self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
             return
-        self.config = new
+        self.config, self._config_text = new, text
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGHUP)
         self.log.info("config_reloaded", digest=new.digest(), workers=self.count)
 
 
-def run_supervisor(config: Config, config_path: Path, workers: int, metrics_dir: Path) -> None:
+def _send_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd`` and close it; a worker that died before reading is no error."""
     try:
-        asyncio.run(Supervisor(config, config_path, workers).run())
+        with open(fd, "wb") as out:
+            out.write(data)
+    except BrokenPipeError:
+        pass
+
+
+def run_supervisor(
+    config: Config, config_text: str, config_path: Path, workers: int, metrics_dir: Path
+) -> None:
+    try:
+        asyncio.run(Supervisor(config, config_text, config_path, workers).run())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

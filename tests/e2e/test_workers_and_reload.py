@@ -280,3 +280,26 @@ async def test_a_worker_started_again_survives_reloads_asked_for_while_it_starts
     await proxy.wait_until(reloaded_since_started)
     assert proxy.count("worker_exited") == 1
     assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_started_again_runs_the_config_its_siblings_run(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "2"), reload={"watch": False}
+    )
+    first = [e for e in proxy.stderr_lines if e.get("event") == "worker_listening"]
+    proxy.config_path.write_text("mirror: {sample_rate: [\n")  # an edit that does not load
+    proxy.process.send_signal(signal.SIGHUP)
+    await proxy.wait_event("config_reload_failed")
+    os.kill(first[0]["pid"], signal.SIGKILL)
+    await proxy.wait_count("worker_listening", 3, timeout=20)
+    replacement = [e for e in proxy.stderr_lines if e.get("event") == "worker_listening"][-1]
+    assert replacement["config_digest"] == first[0]["config_digest"]
+    assert proxy.count("worker_exited") == 1
+    async with aiohttp.ClientSession() as client, client.get(proxy.url + "/a") as response:
+        assert response.status == 200
+    assert await proxy.stop() == 0
