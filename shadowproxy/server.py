@@ -44,14 +44,22 @@ def listener_tls_context(listener: TLSListener) -> ssl.SSLContext:
     return context
 
 
-def bind(address: HostPort, *, reuse_port: bool = False) -> socket.socket:
-    """A listening-ready socket; SO_REUSEPORT lets worker processes share one port."""
+def bind(address: HostPort, key: str, *, reuse_port: bool = False) -> socket.socket:
+    """A listening-ready socket; SO_REUSEPORT lets worker processes share one port.
+
+    A failure names the config key and the address: "listen 0.0.0.0:8080: Address already
+    in use" says what to change, where a bare errno does not.
+    """
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((address.host, address.port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address.host, address.port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"{key} {address}: {error.strerror or error}") from None
     sock.setblocking(False)
     return sock
 
@@ -176,12 +184,12 @@ class Proxy:
         built.push_async_callback(self._cleanup_runners)
         await proxy_runner.setup()
         self._runners.append(proxy_runner)
-        proxy_sock = self._proxy_socket or bind(config.listen)
+        proxy_sock = self._proxy_socket or bind(config.listen, "listen")
         await web.SockSite(proxy_runner, proxy_sock, backlog=LISTEN_BACKLOG).start()
         self.proxy_address = proxy_sock.getsockname()[:2]
         if config.listen_tls is not None:
             self._tls_context = listener_tls_context(config.listen_tls)
-            tls_sock = self._tls_socket or bind(config.listen_tls.address)
+            tls_sock = self._tls_socket or bind(config.listen_tls.address, "listen_tls")
             await web.SockSite(
                 proxy_runner, tls_sock, ssl_context=self._tls_context, backlog=LISTEN_BACKLOG
             ).start()
@@ -231,7 +239,7 @@ class Proxy:
         admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
         await admin_runner.setup()
         self._runners.append(admin_runner)
-        admin_sock = self._admin_socket or bind(self.config.admin)
+        admin_sock = self._admin_socket or bind(self.config.admin, "admin")
         await web.SockSite(admin_runner, admin_sock).start()
         self.admin_address = admin_sock.getsockname()[:2]
 
@@ -348,11 +356,11 @@ async def serve(
     proxy_socket = None
     if listen_port is not None:
         address = config.listen.model_copy(update={"port": listen_port})
-        proxy_socket = bind(address, reuse_port=True)
+        proxy_socket = bind(address, "listen", reuse_port=True)
     tls_socket = None
     if tls_port is not None and config.listen_tls is not None:
         address = config.listen_tls.address.model_copy(update={"port": tls_port})
-        tls_socket = bind(address, reuse_port=True)
+        tls_socket = bind(address, "listen_tls", reuse_port=True)
     proxy = Proxy(
         config,
         config_path=config_path,

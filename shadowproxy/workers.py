@@ -61,11 +61,13 @@ class Supervisor:
         # reload. The supervisor passes its own on once every worker is there to take it.
         signals.hold(signal.SIGHUP)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        reserved = bind(self.config.listen, reuse_port=True)  # holds the port, never listens
+        reserved = bind(
+            self.config.listen, "listen", reuse_port=True
+        )  # holds the port, never listens
         self._port = reserved.getsockname()[1]
         reserved_tls = None
         if self.config.listen_tls is not None:
-            reserved_tls = bind(self.config.listen_tls.address, reuse_port=True)
+            reserved_tls = bind(self.config.listen_tls.address, "listen_tls", reuse_port=True)
             self._tls_port = reserved_tls.getsockname()[1]
         watcher = None
         if self.config.reload.watch:
@@ -146,7 +148,7 @@ class Supervisor:
         app = build_admin_app(config=lambda: self.config, metrics=render_all_workers, report=report)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        sock = bind(self.config.admin)
+        sock = bind(self.config.admin, "admin")
         await web.SockSite(runner, sock).start()
         host, port = sock.getsockname()[:2]
         tls = self.config.listen_tls

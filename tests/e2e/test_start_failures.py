@@ -55,7 +55,12 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], reason: str) 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_port_in_use(tmp_path: Path, taken_port: int, workers: int) -> None:
     result = run(tmp_path, workers, listen=f"127.0.0.1:{taken_port}")
-    assert_clean_failure(result, "Address already in use")
+    assert_clean_failure(result, f"listen 127.0.0.1:{taken_port}: Address already in use")
+
+
+def test_an_admin_port_in_use_is_named_as_such(tmp_path: Path, taken_port: int) -> None:
+    result = run(tmp_path, 1, admin=f"127.0.0.1:{taken_port}")
+    assert_clean_failure(result, f"admin 127.0.0.1:{taken_port}: Address already in use")
 
 
 def test_a_capture_file_that_cannot_be_opened(tmp_path: Path) -> None:
