@@ -266,9 +266,14 @@ class Proxy:
         self.metrics.labelled(self.metrics.comparisons, outcome.value, endpoint).inc()
 
     def reload(self) -> bool:
-        """Validate the config file again and swap it in; the old one stays on any error."""
+        """Validate the config file again and swap it in; the old one stays on any error.
+
+        The log is reopened first, whatever becomes of the config: logrotate's signal must
+        not depend on the file being valid, or records would go on into the rotated file.
+        """
         if self.config_path is None:
             return False
+        self.writer.reopen()
         if self._watcher is not None:
             self._watcher.mark_current()
         try:
@@ -300,7 +305,6 @@ class Proxy:
         self.dispatcher.configure(new)
         self.comparer.update(new.effective_diff())
         self.noise.configure(new)
-        self.writer.reopen()
         self.metrics.reloads.labels("ok").inc()
         self.writer.event(
             "config_reloaded", digest=new.digest(), path=str(self.config_path), worker=self.worker

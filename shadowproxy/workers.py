@@ -60,7 +60,7 @@ class Supervisor:
         # Workers inherit the held SIGHUP: one sent while they start waits until they can
         # reload. The supervisor passes its own on once every worker is there to take it.
         signals.hold(signal.SIGHUP)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.on_hangup)
         reserved = bind(
             self.config.listen, "listen", reuse_port=True
         )  # holds the port, never listens
@@ -195,19 +195,29 @@ class Supervisor:
                 with contextlib.suppress(WorkerStartError):
                     await self._start_worker(index)
 
-    def reload(self) -> None:
+    def on_hangup(self) -> None:
+        """SIGHUP: reload, and have every worker reopen its log even if the file does not load
+        (the worker then keeps its config too, and says so)."""
+        if not self.reload():
+            self._hang_up_workers()
+
+    def reload(self) -> bool:
         """Validate first; only a valid file is passed on to the workers."""
         try:
             text = read_config_text(self.config_path)
             new = parse_config_text(text, str(self.config_path))
         except ConfigError as error:
             self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
-            return
+            return False
         self.config, self._config_text = new, text
+        self._hang_up_workers()
+        self.log.info("config_reloaded", digest=new.digest(), workers=self.count)
+        return True
+
+    def _hang_up_workers(self) -> None:
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGHUP)
-        self.log.info("config_reloaded", digest=new.digest(), workers=self.count)
 
 
 def _send_all(fd: int, data: bytes) -> None:

@@ -303,3 +303,33 @@ async def test_a_worker_started_again_runs_the_config_its_siblings_run(
     async with aiohttp.ClientSession() as client, client.get(proxy.url + "/a") as response:
         assert response.status == 200
     assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_reopens_the_log_even_when_the_config_does_not_load(
+    serve: Serve, start_proxy: StartProxy, workers: int
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 2}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", str(workers)), reload={"watch": False}
+    )
+    connector = aiohttp.TCPConnector(force_close=True)  # new connections reach every worker
+    async with aiohttp.ClientSession(connector=connector) as client:
+        async with client.get(proxy.url + "/before") as response:
+            assert response.status == 200
+        await proxy.wait_records(1)
+        rotated = proxy.log_path.with_name(proxy.log_path.name + ".1")
+        proxy.log_path.rename(rotated)  # logrotate moves the file, then signals
+        proxy.config_path.write_text("mirror: {sample_rate: [\n")  # and the config is broken
+        proxy.process.send_signal(signal.SIGHUP)
+        # Each worker, and a supervisor when there is one, keeps its config and says so.
+        await proxy.wait_count("config_reload_failed", workers + 1 if workers > 1 else 1)
+        for i in range(10):
+            async with client.get(f"{proxy.url}/after/{i}") as response:
+                assert response.status == 200
+    await proxy.wait_records(10)  # in the file opened again under the log's name
+    moved = [line for line in rotated.read_bytes().splitlines() if b'"exchange"' in line]
+    assert len(moved) == 1
+    assert await proxy.stop() == 0
