@@ -121,10 +121,11 @@ class Supervisor:
             signals.release(signal.SIGHUP)
         self.processes[index] = process
         loop = asyncio.get_running_loop()
-        # More than a pipe holds blocks until the worker reads it: off the event loop.
-        await loop.run_in_executor(None, _send_all, config_out, self._config_text.encode())
         try:
             async with asyncio.timeout(WORKER_START_TIMEOUT):
+                # More than a pipe holds blocks until the worker reads it: off the event loop.
+                config = self._config_text.encode()
+                await loop.run_in_executor(None, _send_all, config_out, config)
                 ready = await loop.run_in_executor(None, os.read, read_fd, 16)
         except TimeoutError:
             raise WorkerStartError(

@@ -333,3 +333,23 @@ async def test_sighup_reopens_the_log_even_when_the_config_does_not_load(
     moved = [line for line in rotated.read_bytes().splitlines() if b'"exchange"' in line]
     assert len(moved) == 1
     assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_config_larger_than_a_pipe_holds_reaches_a_restarted_worker(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "2"), reload={"watch": False}
+    )
+    comment = "".join(f"# {'x' * 100}\n" for _ in range(2000))  # 200 KB; a pipe holds 64
+    proxy.config_path.write_text(proxy.config_path.read_text() + comment)
+    proxy.process.send_signal(signal.SIGHUP)
+    await proxy.wait_count("config_reloaded", 3)
+    victim = next(e["pid"] for e in proxy.stderr_lines if e.get("event") == "worker_listening")
+    os.kill(victim, signal.SIGKILL)
+    await proxy.wait_count("worker_listening", 3, timeout=20)
+    assert proxy.count("worker_exited") == 1
+    assert await proxy.stop() == 0
