@@ -191,6 +191,8 @@ class MirrorDispatcher:
         self._secondary_pool = secondary_pool
         self._compare = compare
         self._metrics = metrics
+        self._in_flight_now = metrics.labelled(metrics.in_flight)
+        self._mirrored = metrics.labelled(metrics.mirrored)
         self._sinks = sinks
         self._workers = max(1, workers)
         self._clock = clock
@@ -307,7 +309,7 @@ class MirrorDispatcher:
             self._count_skip(refused)
             return None
         self._in_flight += 1
-        self._metrics.in_flight.set(self._in_flight)
+        self._in_flight_now.set(self._in_flight)
         return MirrorTicket(
             self,
             request_id=request_id,
@@ -327,12 +329,12 @@ class MirrorDispatcher:
 
     def _release(self) -> None:
         self._in_flight -= 1
-        self._metrics.in_flight.set(self._in_flight)
+        self._in_flight_now.set(self._in_flight)
 
     def _launch(
         self, ticket: MirrorTicket, request: RequestSnapshot, headers: CIMultiDict[str]
     ) -> None:
-        self._metrics.mirrored.inc()
+        self._mirrored.inc()
         task = asyncio.get_running_loop().create_task(self._run(ticket, request, headers))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

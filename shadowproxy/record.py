@@ -17,7 +17,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -185,7 +185,13 @@ class LogWriter:
     written in between lands at the end of ``PATH.1``: whole lines, nothing lost.
     """
 
-    def __init__(self, config: LogConfig, on_lost: Any = None, oplog: Any = None) -> None:
+    def __init__(
+        self,
+        config: LogConfig,
+        on_lost: Any = None,
+        oplog: Any = None,
+        before_flush: Callable[[], None] | None = None,
+    ) -> None:
         self._path = config.path
         self._interval = config.flush_interval
         self._max_bytes = config.max_bytes if config.path != "-" else None
@@ -199,6 +205,7 @@ class LogWriter:
         self._pending_records = 0
         self._flusher: asyncio.Task[None] | None = None
         self._on_lost = on_lost
+        self._before_flush = before_flush
         self._oplog = oplog
         self.lost = 0
         self._lost_reported_at = 0.0
@@ -284,6 +291,9 @@ class LogWriter:
             self.flush()
 
     def flush(self) -> None:
+        """Write what is buffered; ``before_flush`` runs first, even with nothing to write."""
+        if self._before_flush is not None:
+            self._before_flush()
         if not self._buffer:
             return
         data = b"".join(self._buffer)

@@ -120,7 +120,13 @@ class Proxy:
                     url=backend.url,
                     detail="certificates are not checked: never use this in production",
                 )
-        self.writer = LogWriter(config.log, on_lost=self.metrics.log_lost.inc, oplog=self.log)
+        # Metrics are published with each flush of the log (and each scrape): never behind it.
+        self.writer = LogWriter(
+            config.log,
+            on_lost=self.metrics.log_lost.inc,
+            oplog=self.log,
+            before_flush=self.metrics.publish,
+        )
         self.writer.start()
         built.push_async_callback(self.writer.close)
         opened = self.metrics.connections
