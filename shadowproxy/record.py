@@ -206,6 +206,8 @@ class LogWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._on_lost = on_lost
         self._before_flush = before_flush
+        self._before_flush_failed = False
+        """Said once in the operational log; the hook is tried again at every flush."""
         self._oplog = oplog
         self.lost = 0
         self._lost_reported_at = 0.0
@@ -293,7 +295,16 @@ class LogWriter:
     def flush(self) -> None:
         """Write what is buffered; ``before_flush`` runs first, even with nothing to write."""
         if self._before_flush is not None:
-            self._before_flush()
+            try:
+                self._before_flush()
+            except Exception as error:  # never at the cost of the records
+                if self._oplog is not None and not self._before_flush_failed:
+                    self._oplog.error(
+                        "before_flush_failed",
+                        hook=getattr(self._before_flush, "__qualname__", repr(self._before_flush)),
+                        error=f"{type(error).__name__}: {error}",
+                    )
+                self._before_flush_failed = True
         if not self._buffer:
             return
         data = b"".join(self._buffer)

@@ -256,3 +256,20 @@ async def test_sigkill_under_load_leaves_only_whole_lines(
     assert raw.endswith(b"\n")
     lines = parsed_lines(proxy.log_path)
     assert len([line for line in lines if line.get("event") == "exchange"]) >= 50
+
+
+def test_a_failing_before_flush_hook_costs_no_record(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    events = Events()
+
+    def publish() -> None:
+        raise OSError("No space left on device")
+
+    writer = LogWriter(LogConfig(path=str(path)), oplog=events, before_flush=publish)
+    writer.open()
+    for index in range(3):
+        writer.write({"event": "exchange", "id": index})
+        writer.flush()
+    assert [line["id"] for line in parsed_lines(path)] == [0, 1, 2]
+    (failure,) = events.named("before_flush_failed")  # said once, not at every flush
+    assert "No space left" in failure["error"]
