@@ -61,9 +61,8 @@ class Supervisor:
         # reload. The supervisor passes its own on once every worker is there to take it.
         signals.hold(signal.SIGHUP)
         loop.add_signal_handler(signal.SIGHUP, self.on_hangup)
-        reserved = bind(
-            self.config.listen, "listen", reuse_port=True
-        )  # holds the port, never listens
+        # Holds the port (one number for every worker, even with port 0); never listens.
+        reserved = bind(self.config.listen, "listen", reuse_port=True)
         self._port = reserved.getsockname()[1]
         reserved_tls = None
         if self.config.listen_tls is not None:
@@ -114,11 +113,15 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 *command, pass_fds=(write_fd, config_fd), stdin=asyncio.subprocess.DEVNULL
             )
+        except BaseException:
+            os.close(read_fd)
+            os.close(config_out)
+            raise
         finally:
             os.close(write_fd)
             os.close(config_fd)
-        if self._started:  # not a mask saved and restored: restarts may overlap
-            signals.release(signal.SIGHUP)
+            if self._started:  # not a mask saved and restored: restarts may overlap
+                signals.release(signal.SIGHUP)
         self.processes[index] = process
         loop = asyncio.get_running_loop()
         try:
