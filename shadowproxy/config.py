@@ -592,6 +592,9 @@ class LogConfig(Model):
     (rotate with logrotate and SIGHUP instead)."""
     backups: Annotated[int, Field(ge=0, le=1000)] = 5
     """Rotated files kept, ``PATH.1`` (newest) to ``PATH.N``; 0 keeps none."""
+    max_buffer_bytes: Bytes = 16 * MIB
+    """Lines waiting for a pipe or terminal (``-``, when standard output is one) whose reader
+    is behind; beyond it they are dropped and counted, so the proxy never waits for it."""
 
 
 # --- noise ----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from shadowproxy.compare.model import Comparison, Difference, Where
 from shadowproxy.config import DEFAULT_REDACT_QUERY, SECRET_HEADERS, LogConfig
 from shadowproxy.exchange import Exchange, Failure, Outcome, Response
 from shadowproxy.headers import REDACTED
+from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
 from shadowproxy.redact import Redactor
 
 EXCHANGE_EVENT = "exchange"
@@ -39,6 +40,8 @@ FLUSH_BYTES = 256 * 1024
 LOSS_REPORT_INTERVAL = 60.0
 # A log file that cannot be opened (its directory gone, no permission) is tried again this often.
 REOPEN_INTERVAL = 1.0
+# Seconds a closing log gives a pipe's reader to take the lines still waiting for it.
+OUTPUT_DRAIN_TIMEOUT = 2.0
 
 
 class QueryRedactor:
@@ -196,7 +199,10 @@ class LogWriter:
         self._interval = config.flush_interval
         self._max_bytes = config.max_bytes if config.path != "-" else None
         self._backups = config.backups
+        self._max_buffer_bytes = config.max_buffer_bytes
         self._fd: int | None = None
+        self._background: BackgroundWriter | None = None
+        """Set when the output is a pipe, socket or terminal: a thread writes to it."""
         self._owns_fd = False
         self._open_failed_at: float | None = None
         self._rotation_paused_until = 0.0
@@ -225,6 +231,10 @@ class LogWriter:
         else:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             self._fd, self._owns_fd = os.open(self._path, flags, 0o640), True
+        if self._background is None and waits_for_reader(self._fd):
+            self._background = BackgroundWriter(
+                self._fd, self._max_buffer_bytes, on_lost=self._count_lost
+            )
 
     def _try_open(self) -> bool:
         """Open the file; on failure say so (once until it works again) and carry on."""
@@ -257,8 +267,11 @@ class LogWriter:
         self._fd = None
 
     def reopen(self) -> None:
-        """Reopen the file by name, for logrotate's move-then-signal rotation."""
+        """Reopen the file by name, for logrotate's move-then-signal rotation. A pipe or
+        terminal is kept: it has no name to rotate, and its thread may be writing to it."""
         self.flush()
+        if self._background is not None:
+            return
         self._close_fd()
         self._try_open()
 
@@ -315,6 +328,10 @@ class LogWriter:
             self._retry_open()
         if self._fd is None:
             self._count_lost(records, "log not open")
+            return
+        if self._background is not None:
+            if not self._background.offer(data, records):
+                self._count_lost(records, "output blocked: its reader is behind")
             return
         if self._max_bytes is not None and not self._rotate_if_full(len(data)):
             self._count_lost(records, "log not open after rotation")
@@ -407,4 +424,7 @@ class LogWriter:
                 await self._flusher
             self._flusher = None
         self.flush()
+        if self._background is not None:
+            await asyncio.to_thread(self._background.close, OUTPUT_DRAIN_TIMEOUT)
+            self._background = None
         self._close_fd()

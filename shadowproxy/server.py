@@ -336,8 +336,8 @@ class Proxy:
         await self.noise.close()
         if self.capture is not None:
             await self.capture.close()
+        await self.writer.close()  # first: its last batch may still be lost
         self.log.info("stopped", mirrors_cancelled=cancelled, log_records_lost=self.writer.lost)
-        await self.writer.close()
 
 
 def _restart_only_changes(old: Config, new: Config) -> list[str]:

@@ -145,6 +145,7 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
         *,
         args: tuple[str, ...] = (),
         on_spawn: Callable[[asyncio.subprocess.Process], None] | None = None,
+        stdout: int = asyncio.subprocess.DEVNULL,
         **overrides: Any,
     ) -> ProxyProcess:
         index = len(processes)
@@ -162,7 +163,7 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shadowproxy", "run", "--config", str(config_path), *args,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
+            stdout=stdout,
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )  # fmt: skip

@@ -234,3 +234,46 @@ async def test_a_killed_proxy_leaves_no_comparison_process_behind(
     assert await proxy.exited() == -signal.SIGKILL
     _, alive = await asyncio.to_thread(psutil.wait_procs, helpers, timeout=10)
     assert alive == []
+
+
+@pytest.mark.timeout(60)
+async def test_a_log_reader_that_is_behind_never_holds_up_clients(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler({"items": list(range(40)), "v": 1}))
+    candidate = await serve(json_handler({"items": list(range(40)), "v": 2}))
+    read_end, write_end = os.pipe()  # standard output, as under Docker: nobody reads it yet
+    proxy = await start_proxy(
+        primary.url,
+        candidate.url,
+        args=("--workers", "1"),
+        log={"path": "-", "max_buffer_bytes": "4KiB"},
+        stdout=write_end,
+    )
+    os.close(write_end)
+    for i in range(400):  # far more lines than the pipe and the buffer hold
+        async with asyncio.timeout(5), client.get(f"{proxy.url}/items/{i}") as response:
+            assert response.status == 200
+    async with client.get(proxy.admin_url + "/metrics") as response:
+        metrics = await response.text()
+    lost = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("shadowproxy_log_records_lost_total ")
+    )
+    assert lost > 0  # dropped and counted, not waited for
+    reading = asyncio.ensure_future(asyncio.to_thread(read_all, read_end))
+    assert await proxy.stop() == 0
+    written = (await reading).splitlines()
+    os.close(read_end)
+    records = [orjson.loads(line) for line in written]  # whole lines only
+    assert all(r["event"] == "exchange" for r in records)
+    stopped = await proxy.wait_event("stopped")
+    assert len(records) + stopped["log_records_lost"] == 400  # each written or counted
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,129 @@
+"""Writing to a pipe, socket or terminal off the event loop, within a bound.
+
+Once a pipe's buffer (64 KiB on Linux) is full, ``write`` waits for its reader: a log
+collector that falls behind, a ``| less`` nobody scrolls. Done on the event loop, that wait
+would stall every client request. `BackgroundWriter` hands batches to a thread through a
+queue bounded in bytes; a batch that does not fit is refused, for the caller to count as
+lost. Each ``write`` holds whole lines and, where the lines allow, at most ``PIPE_BUF``
+bytes: the kernel writes that much atomically, so processes sharing the pipe (workers on one
+standard output) never cut into each other's lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+
+PIPE_BUF = getattr(select, "PIPE_BUF", 512)
+"""Bytes a pipe takes in one piece (POSIX guarantees at least 512; Linux 4096)."""
+
+LostHandler = Callable[[int, str], None]
+"""Called with the records lost and why: on the event loop that made the writer, if any."""
+
+
+def waits_for_reader(fd: int) -> bool:
+    """A pipe, a socket or a terminal: a write may wait for whoever reads it. A file or
+    another device (``/dev/null``) takes it at once, or fails at once (``/dev/full``)."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
+def line_pieces(data: bytes, limit: int = PIPE_BUF) -> Iterator[bytes]:
+    """``data`` cut after newlines into pieces of at most ``limit`` bytes; a longer line is
+    a piece of its own."""
+    start, end = 0, len(data)
+    while start < end:
+        if end - start <= limit:
+            yield data[start:]
+            return
+        cut = data.rfind(b"\n", start, start + limit)
+        if cut < 0:  # one line longer than the limit: whole, alone
+            cut = data.find(b"\n", start + limit)
+            if cut < 0:
+                yield data[start:]
+                return
+        yield data[start : cut + 1]
+        start = cut + 1
+
+
+class BackgroundWriter:
+    """Writes batches to ``fd`` from a thread; never blocks the caller."""
+
+    def __init__(self, fd: int, max_bytes: int, on_lost: LostHandler) -> None:
+        self._fd = fd
+        self._max_bytes = max_bytes
+        self._on_lost = on_lost
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: deque[tuple[bytes, int]] = deque()
+        self._queued = 0
+        self._closing = False
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, name="shadowproxy-log-out", daemon=True)
+        self._thread.start()
+
+    def offer(self, data: bytes, records: int) -> bool:
+        """Queue a batch of whole lines; False (nothing queued) when the bound is reached."""
+        with self._lock:
+            if self._closing or self._queued + len(data) > self._max_bytes:
+                return False
+            self._queue.append((data, records))
+            self._queued += len(data)
+            self._wake.notify()
+        return True
+
+    def close(self, timeout: float) -> None:
+        """Let the queue drain for up to ``timeout`` seconds; what is left counts as lost.
+
+        Blocks: call it from a thread (``asyncio.to_thread``).
+        """
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        with self._lock:
+            self._abandoned = True  # a write still blocked in the thread is its last
+            left = sum(records for _, records in self._queue)
+            self._queue.clear()
+            self._queued = 0
+        if left:
+            self._report(left, "output blocked at shutdown")
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                data, records = self._queue[0]
+            try:
+                for piece in line_pieces(data):
+                    if self._abandoned:  # the caller may close the fd: write nothing more
+                        return
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(self._fd, view) :]
+            except OSError as error:  # the reader went away (EPIPE), ...
+                self._report(records, error.strerror or "write failed")
+            with self._lock:
+                if self._queue and self._queue[0][0] is data:
+                    self._queue.popleft()
+                    self._queued -= len(data)
+
+    def _report(self, records: int, reason: str) -> None:
+        if self._loop is None:
+            self._on_lost(records, reason)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody left to tell
+            self._loop.call_soon_threadsafe(self._on_lost, records, reason)

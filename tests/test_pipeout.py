@@ -1,0 +1,69 @@
+"""Writing to a pipe whose reader is behind: never blocking, bounded, whole lines."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shadowproxy.pipeout import BackgroundWriter, line_pieces
+
+lines = st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"") + b"\n"))
+
+
+@given(lines, st.integers(min_value=1, max_value=600))
+def test_pieces_are_whole_lines_within_the_limit_unless_one_line_is_longer(
+    batch: list[bytes], limit: int
+) -> None:
+    data = b"".join(batch)
+    pieces = list(line_pieces(data, limit))
+    assert b"".join(pieces) == data
+    for piece in pieces:
+        assert piece.endswith(b"\n")
+        assert len(piece) <= limit or piece.count(b"\n") == 1
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_reader_that_is_behind_costs_lines_not_waiting() -> None:
+    read_end, write_end = os.pipe()
+    lost: list[tuple[int, str]] = []
+    writer = BackgroundWriter(
+        write_end, max_bytes=4096, on_lost=lambda n, why: lost.append((n, why))
+    )
+    line = b"x" * 99 + b"\n"
+    offered = [writer.offer(line * 10, 10) for _ in range(200)]  # 200 KB, never blocking
+    assert offered[0]
+    assert not all(offered)  # the pipe and the bound are full: refused, for the caller to count
+    kept = offered.count(True)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(read_all(read_end)))
+    reader.start()
+    writer.close(timeout=10)
+    os.close(write_end)
+    reader.join(10)
+    assert received[0] == line * 10 * kept  # whole lines, in order, all that was taken
+    assert lost == []
+
+
+def test_closing_with_a_reader_that_never_reads_counts_what_is_left() -> None:
+    read_end, write_end = os.pipe()
+    lost: list[tuple[int, str]] = []
+    writer = BackgroundWriter(
+        write_end, max_bytes=1 << 20, on_lost=lambda n, why: lost.append((n, why))
+    )
+    line = b"y" * 999 + b"\n"
+    for _ in range(200):  # 200 KB: more than the pipe holds
+        assert writer.offer(line, 1)
+    writer.close(timeout=0.2)
+    assert sum(n for n, _ in lost) > 0
+    assert {why for _, why in lost} == {"output blocked at shutdown"}
+    os.close(read_end)
+    os.close(write_end)
