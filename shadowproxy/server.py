@@ -240,7 +240,7 @@ class Proxy:
         admin_app = build_admin_app(
             config=lambda: self.config,
             metrics=self.metrics.render,
-            report=LiveReport(html=self.live.html, json=self.live.json),
+            report=LiveReport(summary=self.live.summary, title=self.live.title),
         )
         admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
         await admin_runner.setup()

@@ -148,7 +148,7 @@ class Supervisor:
             live = LiveView()
             self._follower = LogFollower(Path(self.config.log.path), live.add)
             self._follower.start()
-            report = LiveReport(html=live.html, json=live.json)
+            report = LiveReport(summary=live.summary, title=live.title)
         app = build_admin_app(config=lambda: self.config, metrics=render_all_workers, report=report)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()

@@ -2,7 +2,7 @@
 
     view = LiveView()
     view.add(record)                                    # each record the proxy logs
-    LiveReport(html=view.html, json=view.json)          # the admin's /report, /report.json
+    LiveReport(summary=view.summary, title=view.title)  # the admin's /report, /report.json
 
 Not thread-safe: call everything from the event loop (or hold one lock around all calls).
 """
