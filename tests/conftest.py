@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +126,17 @@ async def serve_raw() -> AsyncIterator[Callable[[RawResponder], Awaitable[Backen
     for server in servers:
         server.close()
         await server.wait_closed()
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python -m shadowproxy ARGS`` to its end, with its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "shadowproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

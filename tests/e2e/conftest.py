@@ -68,8 +68,12 @@ class ProxyProcess:
             async with self._new_line:
                 self._new_line.notify_all()
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The operational log's events called ``name`` so far, in order."""
+        return [e for e in self.stderr_lines if e.get("event") == name]
+
     def count(self, name: str) -> int:
-        return sum(1 for e in self.stderr_lines if e.get("event") == name)
+        return len(self.events(name))
 
     async def wait_count(self, name: str, count: int, timeout: float = 10.0) -> None:
         """Wait until the operational log holds ``count`` events called ``name``."""

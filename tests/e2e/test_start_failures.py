@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -33,14 +34,7 @@ def run(tmp_path: Path, workers: int, **config: Any) -> subprocess.CompletedProc
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**base, **config}))
-    command = ["run", "--config", str(path), "--workers", str(workers)]
-    return subprocess.run(
-        [sys.executable, "-m", "shadowproxy", *command],
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
+    return run_cli("run", "--config", str(path), "--workers", str(workers), timeout=45)
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], reason: str) -> None:

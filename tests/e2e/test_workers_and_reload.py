@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -48,6 +49,21 @@ async def admin_get(proxy: ProxyProcess, path: str) -> tuple[int, bytes]:
         return r.status, await r.read()
 
 
+async def answering_alike(
+    serve: Serve, start_proxy: StartProxy, workers: int, **options: Any
+) -> ProxyProcess:
+    """A proxy whose primary and candidate answer alike; it reloads on SIGHUP only."""
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    return await start_proxy(
+        primary.url,
+        candidate.url,
+        args=("--workers", str(workers)),
+        reload={"watch": False},
+        **options,
+    )
+
+
 @pytest.mark.timeout(120)
 async def test_two_workers_share_the_port_the_log_and_the_metrics(
     serve: Serve, start_proxy: StartProxy
@@ -73,7 +89,7 @@ async def test_two_workers_share_the_port_the_log_and_the_metrics(
     assert len(served_by) == total
     compared = await metric(proxy.admin_url, "shadowproxy_comparisons_total", outcome="mismatch")
     assert compared == total
-    pids = {e["pid"] for e in proxy.stderr_lines if e.get("event") == "worker_listening"}
+    pids = {e["pid"] for e in proxy.events("worker_listening")}
     assert len(pids) == 2
     assert await proxy.stop() == 0
 
@@ -171,11 +187,7 @@ async def test_admin_endpoints(serve: Serve, start_proxy: StartProxy) -> None:
 async def test_reloads_under_steady_load_fail_no_request(
     serve: Serve, start_proxy: StartProxy
 ) -> None:
-    primary = await serve(json_handler({"a": 1}))
-    candidate = await serve(json_handler({"a": 1}))
-    proxy = await start_proxy(
-        primary.url, candidate.url, args=("--workers", "2"), reload={"watch": False}
-    )
+    proxy = await answering_alike(serve, start_proxy, 2)
     config = yaml.safe_load(proxy.config_path.read_text())
     failures: list[str] = []
     done = asyncio.Event()
@@ -218,19 +230,14 @@ async def test_reloads_under_steady_load_fail_no_request(
 async def test_a_reload_asked_for_during_start_up_is_done_once_started(
     serve: Serve, start_proxy: StartProxy, workers: int
 ) -> None:
-    primary = await serve(json_handler({"a": 1}))
-    candidate = await serve(json_handler({"a": 1}))
     # Held here, SIGHUP stays pending in the child from its first instruction, as it does
     # in a worker its supervisor starts; the process must take it once it can reload.
+    def hang_up(process: asyncio.subprocess.Process) -> None:
+        process.send_signal(signal.SIGHUP)
+
     signals.hold(signal.SIGHUP)
     try:
-        proxy = await start_proxy(
-            primary.url,
-            candidate.url,
-            args=("--workers", str(workers)),
-            reload={"watch": False},
-            on_spawn=lambda process: process.send_signal(signal.SIGHUP),
-        )
+        proxy = await answering_alike(serve, start_proxy, workers, on_spawn=hang_up)
     finally:
         signals.release(signal.SIGHUP)
     # Each worker, and a supervisor when there is one, says it reloaded.
@@ -245,12 +252,8 @@ async def test_a_reload_asked_for_during_start_up_is_done_once_started(
 async def test_a_worker_started_again_survives_reloads_asked_for_while_it_starts(
     serve: Serve, start_proxy: StartProxy
 ) -> None:
-    primary = await serve(json_handler({"a": 1}))
-    candidate = await serve(json_handler({"a": 1}))
-    proxy = await start_proxy(
-        primary.url, candidate.url, args=("--workers", "2"), reload={"watch": False}
-    )
-    victim = next(e["pid"] for e in proxy.stderr_lines if e.get("event") == "worker_listening")
+    proxy = await answering_alike(serve, start_proxy, 2)
+    victim = proxy.events("worker_listening")[0]["pid"]
     os.kill(victim, signal.SIGKILL)
     await proxy.wait_event("worker_exited")
 
@@ -286,18 +289,14 @@ async def test_a_worker_started_again_survives_reloads_asked_for_while_it_starts
 async def test_a_worker_started_again_runs_the_config_its_siblings_run(
     serve: Serve, start_proxy: StartProxy
 ) -> None:
-    primary = await serve(json_handler({"a": 1}))
-    candidate = await serve(json_handler({"a": 1}))
-    proxy = await start_proxy(
-        primary.url, candidate.url, args=("--workers", "2"), reload={"watch": False}
-    )
-    first = [e for e in proxy.stderr_lines if e.get("event") == "worker_listening"]
+    proxy = await answering_alike(serve, start_proxy, 2)
+    first = proxy.events("worker_listening")
     proxy.config_path.write_text("mirror: {sample_rate: [\n")  # an edit that does not load
     proxy.process.send_signal(signal.SIGHUP)
     await proxy.wait_event("config_reload_failed")
     os.kill(first[0]["pid"], signal.SIGKILL)
     await proxy.wait_count("worker_listening", 3, timeout=20)
-    replacement = [e for e in proxy.stderr_lines if e.get("event") == "worker_listening"][-1]
+    replacement = proxy.events("worker_listening")[-1]
     assert replacement["config_digest"] == first[0]["config_digest"]
     assert proxy.count("worker_exited") == 1
     async with aiohttp.ClientSession() as client, client.get(proxy.url + "/a") as response:
@@ -339,16 +338,12 @@ async def test_sighup_reopens_the_log_even_when_the_config_does_not_load(
 async def test_a_config_larger_than_a_pipe_holds_reaches_a_restarted_worker(
     serve: Serve, start_proxy: StartProxy
 ) -> None:
-    primary = await serve(json_handler({"a": 1}))
-    candidate = await serve(json_handler({"a": 1}))
-    proxy = await start_proxy(
-        primary.url, candidate.url, args=("--workers", "2"), reload={"watch": False}
-    )
+    proxy = await answering_alike(serve, start_proxy, 2)
     comment = "".join(f"# {'x' * 100}\n" for _ in range(2000))  # 200 KB; a pipe holds 64
     proxy.config_path.write_text(proxy.config_path.read_text() + comment)
     proxy.process.send_signal(signal.SIGHUP)
     await proxy.wait_count("config_reloaded", 3)
-    victim = next(e["pid"] for e in proxy.stderr_lines if e.get("event") == "worker_listening")
+    victim = proxy.events("worker_listening")[0]["pid"]
     os.kill(victim, signal.SIGKILL)
     await proxy.wait_count("worker_listening", 3, timeout=20)
     assert proxy.count("worker_exited") == 1
