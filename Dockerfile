@@ -16,6 +16,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_ROOT_USER_ACTION=ignore \
     SHADOWPROXY_CONFIG=/etc/shadowproxy/config.yaml
 
+# tini as PID 1: it passes signals on and reaps orphans. A worker that dies leaves its
+# comparison helpers (forkserver, resource tracker) to PID 1, which Python does not reap.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+
 # The package with the `speed` extra (uvloop). The sources are only needed to build it.
 COPY pyproject.toml README.md /tmp/shadowproxy/
 COPY shadowproxy /tmp/shadowproxy/shadowproxy
@@ -40,7 +46,8 @@ EXPOSE 8080 9901
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request, yaml; c = yaml.safe_load(open(os.environ['SHADOWPROXY_CONFIG'])) or {}; port = str(c.get('admin', '127.0.0.1:9901')).rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 
-# Exec form: the proxy is PID 1 and gets the SIGTERM of `docker stop` itself, so it drains
+# tini passes the SIGTERM of `docker stop` (and SIGHUP) on to the proxy, which drains
 # requests under way, flushes the log and exits. Give it time: shutdown_timeout (15 s by
 # default) plus mirror.shutdown_grace, e.g. `docker stop -t 20`.
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["shadowproxy", "run", "--config", "/etc/shadowproxy/config.yaml"]
