@@ -44,6 +44,11 @@ def listener_tls_context(listener: TLSListener) -> ssl.SSLContext:
     return context
 
 
+def address_text(host: str, port: int) -> str:
+    """``host:port`` as a URL takes it: ``[::1]:8080`` for IPv6."""
+    return str(HostPort(host=host, port=port))
+
+
 def bind(address: HostPort, key: str, *, reuse_port: bool = False) -> socket.socket:
     """A listening-ready socket; SO_REUSEPORT lets worker processes share one port.
 
@@ -209,9 +214,9 @@ class Proxy:
         admin = self.admin_address
         self.log.info(
             "listening" if self.worker is None else "worker_listening",
-            proxy=f"{self.proxy_address[0]}:{self.proxy_address[1]}",
-            admin=f"{admin[0]}:{admin[1]}" if admin else None,
-            tls=f"{self.tls_address[0]}:{self.tls_address[1]}" if self.tls_address else None,
+            proxy=address_text(*self.proxy_address),
+            admin=address_text(*admin) if admin else None,
+            tls=address_text(*self.tls_address) if self.tls_address else None,
             primary=config.primary.url,
             candidate=config.candidate.url,
             config_digest=config.digest(),

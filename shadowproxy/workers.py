@@ -24,7 +24,7 @@ from shadowproxy.config import Config, ConfigError, parse_config_text, read_conf
 from shadowproxy.follow import LogFollower
 from shadowproxy.metrics import render_all_workers
 from shadowproxy.report.live import LiveView
-from shadowproxy.server import bind
+from shadowproxy.server import address_text, bind
 from shadowproxy.watch import FileWatcher
 
 WORKER_START_TIMEOUT = 30.0
@@ -158,9 +158,9 @@ class Supervisor:
         tls = self.config.listen_tls
         self.log.info(
             "listening",
-            proxy=f"{self.config.listen.host}:{self._port}",
-            admin=f"{host}:{port}",
-            tls=f"{tls.address.host}:{self._tls_port}" if tls is not None else None,
+            proxy=address_text(self.config.listen.host, self._port),
+            admin=address_text(host, port),
+            tls=address_text(tls.address.host, self._tls_port) if tls is not None else None,
             workers=self.count,
             primary=self.config.primary.url,
             candidate=self.config.candidate.url,

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -277,3 +278,28 @@ def read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_ipv6_addresses_are_announced_as_urls_take_them(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler({"n": 1}))
+    candidate = await serve(json_handler({"n": 1}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "1"), listen="[::1]:0", admin="[::1]:0"
+    )
+    assert proxy.url.startswith("http://[::1]:")  # from the 'listening' line, as it is
+    async with client.get(proxy.url + "/n") as response:
+        assert response.status == 200
+    async with client.get(proxy.admin_url + "/healthz") as response:
+        assert response.status == 200
