@@ -5,6 +5,7 @@ Distinct from the discrepancy log (``record.py``), which holds one line per comp
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from typing import Any
@@ -12,6 +13,59 @@ from typing import Any
 import structlog
 
 from shadowproxy import logsafe
+from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
+
+# Lines waiting for a standard error whose reader is behind; beyond it they are dropped.
+MAX_BUFFER_BYTES = 1024 * 1024
+# Seconds an exiting process gives that reader to take the lines still waiting.
+DRAIN_TIMEOUT = 2.0
+
+
+class _StandardError:
+    """Standard error as a binary file for structlog, written from a thread when it is a
+    pipe, a socket or a terminal (see `pipeout`): a log collector that falls behind then
+    costs lines, counted and said when there is room again, never a wait on the event loop.
+    """
+
+    def __init__(self) -> None:
+        self._file = sys.stderr.buffer
+        self._background: BackgroundWriter | None = None
+        self.dropped = 0
+        if waits_for_reader(self._file.fileno()):
+            self._background = BackgroundWriter(
+                self._file.fileno(), MAX_BUFFER_BYTES, on_lost=self._lost
+            )
+            atexit.register(self.close)
+
+    def write(self, line: bytes) -> int:
+        if self._background is None:
+            return self._file.write(line)
+        if self.dropped and self._background.offer(self._dropped_line(), 1):
+            self.dropped = 0
+        if not self._background.offer(line, 1):
+            self.dropped += 1
+        return len(line)
+
+    def flush(self) -> None:
+        if self._background is None:
+            self._file.flush()
+
+    def wait_written(self, timeout: float) -> bool:
+        """Wait until the lines written so far have reached the file. Blocks."""
+        return self._background is None or self._background.wait_written(timeout)
+
+    def close(self) -> None:
+        if self._background is not None:
+            self._background.close(DRAIN_TIMEOUT)
+
+    def _lost(self, lines: int, _reason: str) -> None:
+        self.dropped += lines
+
+    def _dropped_line(self) -> bytes:
+        return (
+            logsafe.dumps({"event": "log_lines_dropped", "level": "error", "lines": self.dropped})
+            + b"\n"
+        )
 
 
 def configure(level: int = logging.INFO) -> None:
@@ -23,7 +77,7 @@ def configure(level: int = logging.INFO) -> None:
             structlog.processors.JSONRenderer(serializer=logsafe.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),
+        logger_factory=structlog.BytesLoggerFactory(_StandardError()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 

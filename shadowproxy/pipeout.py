@@ -64,7 +64,8 @@ class BackgroundWriter:
         except RuntimeError:
             self._loop = None
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        self._wake = threading.Condition(self._lock)  # the thread: something to write
+        self._idle = threading.Condition(self._lock)  # wait_written: nothing left
         self._queue: deque[tuple[bytes, int]] = deque()
         self._queued = 0
         self._closing = False
@@ -82,6 +83,11 @@ class BackgroundWriter:
             self._wake.notify()
         return True
 
+    def wait_written(self, timeout: float) -> bool:
+        """Wait until everything queued so far is written; False on timeout. Blocks."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._queue, timeout)
+
     def close(self, timeout: float) -> None:
         """Let the queue drain for up to ``timeout`` seconds; what is left counts as lost.
 
@@ -96,6 +102,7 @@ class BackgroundWriter:
             left = sum(records for _, records in self._queue)
             self._queue.clear()
             self._queued = 0
+            self._idle.notify_all()
         if left:
             self._report(left, "output blocked at shutdown")
 
@@ -120,6 +127,8 @@ class BackgroundWriter:
                 if self._queue and self._queue[0][0] is data:
                     self._queue.popleft()
                     self._queued -= len(data)
+                if not self._queue:
+                    self._idle.notify_all()
 
     def _report(self, records: int, reason: str) -> None:
         if self._loop is None:

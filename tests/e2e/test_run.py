@@ -7,12 +7,15 @@ import hashlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import orjson
 import psutil
 import pytest
+import yaml
 from aiohttp import web
 
 from tests.conftest import Backend, Handler
@@ -303,3 +306,57 @@ async def test_ipv6_addresses_are_announced_as_urls_take_them(
         assert response.status == 200
     async with client.get(proxy.admin_url + "/healthz") as response:
         assert response.status == 200
+
+
+@pytest.mark.timeout(60)
+async def test_an_operational_log_reader_that_is_behind_never_holds_up_clients(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    # The primary is down: every request is answered 502 and says so on standard error,
+    # whose reader (a log collector) stops reading once the proxy listens.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": "127.0.0.1:0",
+                "admin": "127.0.0.1:0",
+                "primary": {"url": "http://127.0.0.1:1"},
+                "candidate": {"url": "http://127.0.0.1:2"},
+                "log": {"path": str(tmp_path / "log.jsonl")},
+            }
+        )
+    )
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shadowproxy", "run", "--config", str(config), "--workers", "1",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=write_end,
+    )  # fmt: skip
+    os.close(write_end)
+    try:
+        first = await asyncio.to_thread(read_until, read_end, b'"event":"listening"')
+        url = "http://" + orjson.loads(first.splitlines()[-1])["proxy"]
+        for _ in range(600):  # some 200 KB of warnings: three times what the pipe holds
+            async with asyncio.timeout(5), client.get(url + "/x") as response:
+                assert response.status == 502
+        process.terminate()
+        rest = await asyncio.to_thread(read_all, read_end)
+        assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        os.close(read_end)
+    events = [orjson.loads(line)["event"] for line in (first + rest).splitlines()]  # whole
+    assert events.count("primary_unreachable") == 600
+    assert events[-1] == "stopped"
+
+
+def read_until(fd: int, marker: bytes) -> bytes:
+    """What ``fd`` gives up to the end of the line holding ``marker``."""
+    data = b""
+    while marker not in data or not data.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise EOFError(data.decode(errors="replace"))
+        data += chunk
+    return data

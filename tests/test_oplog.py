@@ -1,0 +1,47 @@
+"""The operational log on a pipe whose reader is behind: lines dropped, counted, said."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+
+import orjson
+import pytest
+
+from shadowproxy import oplog
+
+
+def test_lines_beyond_the_buffer_are_dropped_then_counted_in_a_line_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_end, write_end = os.pipe()
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(read_everything(read_end)))
+    with open(write_end, "wb") as raw:
+        monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw))
+        monkeypatch.setattr(oplog, "MAX_BUFFER_BYTES", 4096)
+        stderr = oplog._StandardError()
+        line = orjson.dumps({"event": "x", "pad": "p" * 90}) + b"\n"
+        for _ in range(2000):  # 200 KB: the pipe holds 64, the buffer 4: never a wait
+            stderr.write(line)
+        dropped = stderr.dropped
+        assert dropped > 0
+        reader.start()  # the reader catches up
+        assert stderr.wait_written(10)
+        stderr.write(orjson.dumps({"event": "after"}) + b"\n")
+        stderr.close()
+    reader.join(10)
+    events = [orjson.loads(text) for text in received[0].splitlines()]  # whole lines
+    assert events[-2] == {"event": "log_lines_dropped", "level": "error", "lines": dropped}
+    assert events[-1] == {"event": "after"}
+    assert len(events) == 2000 - dropped + 2
+    os.close(read_end)
+
+
+def read_everything(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
