@@ -57,7 +57,7 @@ class BackgroundWriter:
 
     def __init__(self, fd: int, max_bytes: int, on_lost: LostHandler) -> None:
         self._fd = fd
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self._on_lost = on_lost
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -76,7 +76,7 @@ class BackgroundWriter:
     def offer(self, data: bytes, records: int) -> bool:
         """Queue a batch of whole lines; False (nothing queued) when the bound is reached."""
         with self._lock:
-            if self._closing or self._queued + len(data) > self._max_bytes:
+            if self._closing or self._queued + len(data) > self.max_bytes:
                 return False
             self._queue.append((data, records))
             self._queued += len(data)

@@ -196,13 +196,10 @@ class LogWriter:
         before_flush: Callable[[], None] | None = None,
     ) -> None:
         self._path = config.path
-        self._interval = config.flush_interval
-        self._max_bytes = config.max_bytes if config.path != "-" else None
-        self._backups = config.backups
-        self._max_buffer_bytes = config.max_buffer_bytes
-        self._fd: int | None = None
         self._background: BackgroundWriter | None = None
         """Set when the output is a pipe, socket or terminal: a thread writes to it."""
+        self.configure(config)
+        self._fd: int | None = None
         self._owns_fd = False
         self._open_failed_at: float | None = None
         self._rotation_paused_until = 0.0
@@ -224,6 +221,16 @@ class LogWriter:
             wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
             context_class=dict,
         )
+
+    def configure(self, config: LogConfig) -> None:
+        """Take the flush interval, rotation and buffer settings (on a reload too); the path
+        stays the one the writer was made with."""
+        self._interval = config.flush_interval
+        self._max_bytes = config.max_bytes if self._path != "-" else None
+        self._backups = config.backups
+        self._max_buffer_bytes = config.max_buffer_bytes
+        if self._background is not None:
+            self._background.max_bytes = config.max_buffer_bytes
 
     def open(self) -> None:
         if self._path == "-":

@@ -316,6 +316,7 @@ class Proxy:
         self.dispatcher.configure(new)
         self.comparer.update(new.effective_diff())
         self.noise.configure(new)
+        self.writer.configure(new.log)
         self.metrics.reloads.labels("ok").inc()
         self.writer.event(
             "config_reloaded", digest=new.digest(), path=str(self.config_path), worker=self.worker

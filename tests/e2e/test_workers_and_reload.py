@@ -348,3 +348,31 @@ async def test_a_config_larger_than_a_pipe_holds_reaches_a_restarted_worker(
     await proxy.wait_count("worker_listening", 3, timeout=20)
     assert proxy.count("worker_exited") == 1
     assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_reload_applies_the_logs_rotation_settings(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 2}))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "1"), reload={"watch": False}
+    )
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["log"].update(max_bytes="1KiB", backups=1)  # unset at start: never rotated
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    await proxy.wait_event("config_reloaded")
+    rotated = proxy.log_path.with_name(proxy.log_path.name + ".1")
+    async with client.get(proxy.url + "/first") as response:
+        assert response.status == 200
+    await proxy.wait_records(1)
+    # The next batch would take the file past 1 KiB: it is rotated first.
+    async with client.get(proxy.url + "/second") as response:
+        assert response.status == 200
+    async with asyncio.timeout(10):
+        while not rotated.exists():  # noqa: ASYNC110 - a file gives no event to await
+            await asyncio.sleep(0.05)
+    assert proxy.log_path.stat().st_size <= 1024
+    assert await proxy.stop() == 0
