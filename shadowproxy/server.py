@@ -347,7 +347,10 @@ class Proxy:
 
 
 def _restart_only_changes(old: Config, new: Config) -> list[str]:
-    keys = ("listen", "admin", "primary", "candidate", "secondary", "capture", "listen_tls")
+    keys = (
+        "listen", "admin", "primary", "candidate", "secondary", "capture", "listen_tls",
+        "shutdown_timeout", "reload",
+    )  # fmt: skip
     changed = [k for k in keys if getattr(old, k) != getattr(new, k)]
     if old.log.path != new.log.path:
         changed.append("log.path")

@@ -376,3 +376,22 @@ async def test_a_reload_applies_the_logs_rotation_settings(
             await asyncio.sleep(0.05)
     assert proxy.log_path.stat().st_size <= 1024
     assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_reload_names_the_keys_that_wait_for_a_restart(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    proxy = await answering_alike(serve, start_proxy, 1)
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["shutdown_timeout"] = 3
+    config["reload"]["poll_interval"] = 7
+    config["mirror"] = {"sample_rate": 0.5}  # applied at once
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    partial = await proxy.wait_event("config_reload_partial")
+    assert partial["keys"] == ["shutdown_timeout", "reload"]
+    await proxy.wait_event("config_reloaded")
+    _, body = await admin_get(proxy, "/config")
+    assert orjson.loads(body)["config"]["mirror"]["sample_rate"] == 0.5
+    assert await proxy.stop() == 0
