@@ -592,7 +592,7 @@ class LogConfig(Model):
     (rotate with logrotate and SIGHUP instead)."""
     backups: Annotated[int, Field(ge=0, le=1000)] = 5
     """Rotated files kept, ``PATH.1`` (newest) to ``PATH.N``; 0 keeps none."""
-    max_buffer_bytes: Bytes = 16 * MIB
+    max_buffer_bytes: Annotated[int, BeforeValidator(_parse_size), Field(ge=KIB)] = 16 * MIB
     """Lines waiting for a pipe or terminal (``-``, when standard output is one) whose reader
     is behind; beyond it they are dropped and counted, so the proxy never waits for it."""
 
@@ -666,7 +666,7 @@ class CaptureConfig(Model):
     """The file is rotated before it would grow past this size."""
     keep_files: Annotated[int, Field(ge=0)] = 5
     """Rotated files kept besides the one being written; older ones are deleted."""
-    max_buffer_bytes: Bytes = 16 * MIB
+    max_buffer_bytes: Annotated[int, BeforeValidator(_parse_size), Field(ge=KIB)] = 16 * MIB
     """Exchanges waiting to be written, at most; when full, new ones are dropped and counted."""
     flush_interval: Seconds = 0.5
     """Seconds between writes of buffered lines."""

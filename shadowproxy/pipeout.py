@@ -74,9 +74,10 @@ class BackgroundWriter:
         self._thread.start()
 
     def offer(self, data: bytes, records: int) -> bool:
-        """Queue a batch of whole lines; False (nothing queued) when the bound is reached."""
+        """Queue a batch of whole lines; False (nothing queued) when the bound is reached.
+        A batch always fits an empty queue, however large: the reader is keeping up."""
         with self._lock:
-            if self._closing or self._queued + len(data) > self.max_bytes:
+            if self._closing or (self._queue and self._queued + len(data) > self.max_bytes):
                 return False
             self._queue.append((data, records))
             self._queued += len(data)

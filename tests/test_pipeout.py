@@ -67,3 +67,15 @@ def test_closing_with_a_reader_that_never_reads_counts_what_is_left() -> None:
     assert {why for _, why in lost} == {"output blocked at shutdown"}
     os.close(read_end)
     os.close(write_end)
+
+
+def test_a_batch_larger_than_the_bound_fits_an_empty_queue() -> None:
+    read_end, write_end = os.pipe()
+    writer = BackgroundWriter(write_end, max_bytes=1024, on_lost=lambda n, why: None)
+    batch = (b"z" * 99 + b"\n") * 100  # 10 KB against a bound of 1 KB
+    assert writer.offer(batch, 100)  # the reader is keeping up: nothing waits yet
+    assert writer.wait_written(10)
+    assert os.read(read_end, 65536) == batch
+    writer.close(timeout=10)
+    os.close(read_end)
+    os.close(write_end)
