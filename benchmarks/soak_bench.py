@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.workers = args.workers or available_cores()
     # The metadata shared with benchmarks/run describes the load with these.
     args.duration, args.warmup, args.threads, args.smoke = args.minutes * 60, 0.0, 1, False
+    args.rounds = 1
     args.rate_connections, args.rate_duration = args.connections, args.minutes * 60
     return args
 

@@ -69,3 +69,23 @@ def test_smoke_run_measures_every_case(tmp_path: Path) -> None:
         "sp_mirror_slow_over_healthy",
         "sp_mirror_added_p50_ms",
     }
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_a_short_soak_samples_and_summarises(tmp_path: Path) -> None:
+    _require_tools()
+    short = ("--minutes", "0.1", "--interval", "2", "--rate", "200", "--no-install")
+    completed = subprocess.run(
+        [str(REPO / "benchmarks" / "soak"), *short, "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:] + completed.stdout[-3000:]
+    data = json.loads((tmp_path / "latest-soak.json").read_text())
+    assert data["load"]["requests"] > 0
+    assert sum(data["load"]["errors"].values()) == 0  # candidate failures never reach clients
+    assert len(data["samples"]) >= 2
+    assert data["summary"]["rss_end_bytes"] > 0
