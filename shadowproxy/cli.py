@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import math
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from shadowproxy import __version__, oplog
+from shadowproxy import __version__, oplog, signals
 from shadowproxy.config import (
     ENV_CONFIG,
     Config,
@@ -58,6 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if workers < 1:
         print("shadowproxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    # Before any thread starts (the operational log's writer): threads inherit the hold, so
+    # a SIGHUP during start-up waits for the main thread's handler (see signals.py).
+    signals.hold(signal.SIGHUP)
     oplog.configure()
     try:
         if workers > 1 and args.worker_index is None:

@@ -211,15 +211,19 @@ class Proxy:
         if self._watcher is not None:
             self._watcher.start()
             built.push_async_callback(self._watcher.stop)
+
+    def announce(self) -> None:
+        """Say where the proxy listens: once it is wholly ready, signals handled included."""
+        assert self.proxy_address is not None
         admin = self.admin_address
         self.log.info(
             "listening" if self.worker is None else "worker_listening",
             proxy=address_text(*self.proxy_address),
             admin=address_text(*admin) if admin else None,
             tls=address_text(*self.tls_address) if self.tls_address else None,
-            primary=config.primary.url,
-            candidate=config.candidate.url,
-            config_digest=config.digest(),
+            primary=self.config.primary.url,
+            candidate=self.config.candidate.url,
+            config_digest=self.config.digest(),
             pid=os.getpid(),
         )
 
@@ -406,6 +410,7 @@ async def serve(
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
     signals.release(signal.SIGHUP)
+    proxy.announce()
     orphan_watch = None
     if worker is not None:
         orphan_watch = loop.create_task(_stop_when_orphaned(stop))

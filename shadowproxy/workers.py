@@ -51,6 +51,7 @@ class Supervisor:
         self._tls_port = 0
         self._follower: LogFollower | None = None
         self._started = False
+        self._admin_address: tuple[str, int] = ("", 0)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -78,6 +79,7 @@ class Supervisor:
             admin_runner = await self._start_admin()
             self._started = True
             signals.release(signal.SIGHUP)
+            self._announce()
             if watcher is not None:
                 watcher.start()
             await self._supervise(stop)
@@ -154,12 +156,15 @@ class Supervisor:
         await runner.setup()
         sock = bind(self.config.admin, "admin")
         await web.SockSite(runner, sock).start()
-        host, port = sock.getsockname()[:2]
+        self._admin_address = sock.getsockname()[:2]
+        return runner
+
+    def _announce(self) -> None:
         tls = self.config.listen_tls
         self.log.info(
             "listening",
             proxy=address_text(self.config.listen.host, self._port),
-            admin=address_text(host, port),
+            admin=address_text(*self._admin_address),
             tls=address_text(tls.address.host, self._tls_port) if tls is not None else None,
             workers=self.count,
             primary=self.config.primary.url,
@@ -167,7 +172,6 @@ class Supervisor:
             config_digest=self.config.digest(),
             pid=os.getpid(),
         )
-        return runner
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

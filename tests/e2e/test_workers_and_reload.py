@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -394,4 +395,27 @@ async def test_a_reload_names_the_keys_that_wait_for_a_restart(
     await proxy.wait_event("config_reloaded")
     _, body = await admin_get(proxy, "/config")
     assert orjson.loads(body)["config"]["mirror"]["sample_rate"] == 0.5
+    assert await proxy.stop() == 0
+
+
+def sighup_blocked_by_thread(pid: int) -> dict[int, bool]:
+    """For each thread of ``pid``, from /proc: whether it blocks SIGHUP."""
+    blocked = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text().splitlines()
+        mask = next(line.split()[1] for line in status if line.startswith("SigBlk"))
+        blocked[int(task.name)] = bool(int(mask, 16) & (1 << (signal.SIGHUP - 1)))
+    return blocked
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+async def test_only_the_main_thread_takes_sighup(serve: Serve, start_proxy: StartProxy) -> None:
+    # A thread that does not block SIGHUP may take one sent during start-up, before the main
+    # thread's handler can act on it; every thread is started with it held.
+    proxy = await answering_alike(serve, start_proxy, 1)
+    blocked = sighup_blocked_by_thread(proxy.pid)
+    assert blocked.pop(proxy.pid) is False  # released once it listens
+    assert blocked  # the operational log's writer (standard error is a pipe here), executors
+    assert all(blocked.values())
     assert await proxy.stop() == 0
