@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -137,6 +138,14 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
         timeout=timeout,
         check=False,
     )
+
+
+def read_fd_to_end(fd: int) -> bytes:
+    """Everything ``fd`` gives until its writers close it (blocking: run it in a thread)."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

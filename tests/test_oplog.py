@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from shadowproxy import oplog
+from tests.conftest import read_fd_to_end
 
 
 def test_lines_beyond_the_buffer_are_dropped_then_counted_in_a_line_of_their_own(
@@ -18,7 +19,7 @@ def test_lines_beyond_the_buffer_are_dropped_then_counted_in_a_line_of_their_own
 ) -> None:
     read_end, write_end = os.pipe()
     received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(read_everything(read_end)))
+    reader = threading.Thread(target=lambda: received.append(read_fd_to_end(read_end)))
     with open(write_end, "wb") as raw:
         monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw))
         monkeypatch.setattr(oplog, "MAX_BUFFER_BYTES", 4096)
@@ -38,10 +39,3 @@ def test_lines_beyond_the_buffer_are_dropped_then_counted_in_a_line_of_their_own
     assert events[-1] == {"event": "after"}
     assert len(events) == 2000 - dropped + 2
     os.close(read_end)
-
-
-def read_everything(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)

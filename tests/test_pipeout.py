@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shadowproxy.pipeout import BackgroundWriter, line_pieces
+from tests.conftest import read_fd_to_end
 
 lines = st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"") + b"\n"))
 
@@ -25,13 +26,6 @@ def test_pieces_are_whole_lines_within_the_limit_unless_one_line_is_longer(
         assert len(piece) <= limit or piece.count(b"\n") == 1
 
 
-def read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_a_reader_that_is_behind_costs_lines_not_waiting() -> None:
     read_end, write_end = os.pipe()
     lost: list[tuple[int, str]] = []
@@ -44,7 +38,7 @@ def test_a_reader_that_is_behind_costs_lines_not_waiting() -> None:
     assert not all(offered)  # the pipe and the bound are full: refused, for the caller to count
     kept = offered.count(True)
     received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(read_all(read_end)))
+    reader = threading.Thread(target=lambda: received.append(read_fd_to_end(read_end)))
     reader.start()
     writer.close(timeout=10)
     os.close(write_end)

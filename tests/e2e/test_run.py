@@ -18,7 +18,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.conftest import Backend, Handler
+from tests.conftest import Backend, Handler, read_fd_to_end
 from tests.e2e.conftest import ProxyProcess, StartProxy
 
 pytestmark = pytest.mark.e2e
@@ -266,7 +266,7 @@ async def test_a_log_reader_that_is_behind_never_holds_up_clients(
         if line.startswith("shadowproxy_log_records_lost_total ")
     )
     assert lost > 0  # dropped and counted, not waited for
-    reading = asyncio.ensure_future(asyncio.to_thread(read_all, read_end))
+    reading = asyncio.ensure_future(asyncio.to_thread(read_fd_to_end, read_end))
     assert await proxy.stop() == 0
     written = (await reading).splitlines()
     os.close(read_end)
@@ -274,13 +274,6 @@ async def test_a_log_reader_that_is_behind_never_holds_up_clients(
     assert all(r["event"] == "exchange" for r in records)
     stopped = await proxy.wait_event("stopped")
     assert len(records) + stopped["log_records_lost"] == 400  # each written or counted
-
-
-def read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def ipv6_loopback() -> bool:
@@ -339,7 +332,7 @@ async def test_an_operational_log_reader_that_is_behind_never_holds_up_clients(
             async with asyncio.timeout(5), client.get(url + "/x") as response:
                 assert response.status == 502
         process.terminate()
-        rest = await asyncio.to_thread(read_all, read_end)
+        rest = await asyncio.to_thread(read_fd_to_end, read_end)
         assert await process.wait() == 0
     finally:
         if process.returncode is None:
