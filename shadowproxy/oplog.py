@@ -68,7 +68,18 @@ class _StandardError:
         )
 
 
+_stderr: _StandardError | None = None
+
+
+def wait_written(timeout: float) -> bool:
+    """Wait (blocking) until the lines logged so far have reached standard error; for an
+    order other processes rely on, such as a worker's announcement before its supervisor's."""
+    return _stderr is None or _stderr.wait_written(timeout)
+
+
 def configure(level: int = logging.INFO) -> None:
+    global _stderr
+    _stderr = _StandardError()
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -77,7 +88,7 @@ def configure(level: int = logging.INFO) -> None:
             structlog.processors.JSONRenderer(serializer=logsafe.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.BytesLoggerFactory(_StandardError()),  # type: ignore[arg-type]
+        logger_factory=structlog.BytesLoggerFactory(_stderr),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 

@@ -36,6 +36,9 @@ from shadowproxy.watch import FileWatcher
 
 LISTEN_BACKLOG = 1024
 ORPHAN_CHECK_INTERVAL = 1.0
+# Seconds a worker waits for its 'worker_listening' line to leave before saying it is ready;
+# a standard error nobody reads must not hold up the start.
+ANNOUNCE_TIMEOUT = 1.0
 
 
 def listener_tls_context(listener: TLSListener) -> ssl.SSLContext:
@@ -406,11 +409,13 @@ async def serve(
     # process: out of the collector's full passes, which otherwise walk it again and again.
     gc.collect()
     gc.freeze()
-    if ready_fd is not None:
-        os.write(ready_fd, b"ready\n")
-        os.close(ready_fd)
     signals.release(signal.SIGHUP)
     proxy.announce()
+    if ready_fd is not None:
+        # After the announcement is out: the supervisor's comes after every worker's.
+        oplog.wait_written(ANNOUNCE_TIMEOUT)
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
     orphan_watch = None
     if worker is not None:
         orphan_watch = loop.create_task(_stop_when_orphaned(stop))

@@ -72,6 +72,7 @@ async def test_two_workers_share_the_port_the_log_and_the_metrics(
     primary = await serve(json_handler({"items": list(range(50)), "v": 1}))
     candidate = await serve(json_handler({"items": list(range(50)), "v": 2}))
     proxy = await start_proxy(primary.url, candidate.url, args=("--workers", "2"))
+    assert proxy.count("worker_listening") == 2  # each said before the supervisor's 'listening'
     total = 400
     connector = aiohttp.TCPConnector(force_close=True)  # new connections reach both workers
     async with aiohttp.ClientSession(connector=connector) as client:
