@@ -4,8 +4,8 @@ For the admin listener's live view (see ``live``)::
 
     view = LiveView()                    # one per process
     view.add(record)                     # every record the proxy logs (a dict), any event
-    view.html(refresh_seconds=5)         # -> str, GET /report
-    view.json()                          # -> bytes, GET /report.json
+    view.summary()                       # -> Summary, at most a second old; the admin
+                                         #    renders it (off the event loop) for GET /report
 
 or the parts: ``Aggregator.add``, ``summarise(aggregator)``, ``render_html(summary,
 refresh_seconds)`` and ``to_json(summary)``. None of it is thread-safe: call it from one

@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shadowproxy.report.aggregate import Aggregator
-from shadowproxy.report.html import render_html
-from shadowproxy.report.jsonout import to_json
 from shadowproxy.report.summary import Summary, summarise
 
 SUMMARY_MAX_AGE = 1.0
@@ -23,7 +21,7 @@ SUMMARY_MAX_AGE = 1.0
 
 
 class LiveView:
-    """A bounded ``Aggregator`` with the two renderings the admin listener serves."""
+    """A bounded ``Aggregator`` and its summary, taken at most once a second."""
 
     def __init__(
         self,
@@ -47,11 +45,3 @@ class LiveView:
             self._summary = summarise(self.aggregator, sources=["live"])
             self._summary_at = now
         return self._summary
-
-    def html(self, refresh_seconds: int | None = None) -> str:
-        """The HTML page; it reloads itself every ``refresh_seconds`` when given."""
-        return render_html(self.summary(), refresh_seconds, title=self.title)
-
-    def json(self) -> bytes:
-        """The JSON report (schema in ``shadowproxy.report.jsonout``)."""
-        return to_json(self.summary())
