@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -31,19 +31,19 @@ REPORT_REFRESH_SECONDS = 5
 @dataclass(frozen=True)
 class LiveReport:
     """The live report of the running proxy: its summary, taken on the event loop (the only
-    place the aggregates change), then rendered in a thread. A page of a few hundred
-    endpoints takes a tenth of a second to render; on the loop, each refresh would hold up
-    every request the process serves for that long."""
+    place the aggregates change) in steps, then rendered in a thread. A page of a few hundred
+    endpoints takes a tenth of a second to make; in one piece on the loop, each refresh would
+    hold up every request the process serves for that long."""
 
-    summary: Callable[[], Summary]
+    summary: Callable[[], Awaitable[Summary]]
     title: str
 
     async def html(self, refresh_seconds: int | None) -> str:
-        summary = self.summary()
+        summary = await self.summary()
         return await asyncio.to_thread(render_html, summary, refresh_seconds, title=self.title)
 
     async def json(self) -> bytes:
-        return await asyncio.to_thread(to_json, self.summary())
+        return await asyncio.to_thread(to_json, await self.summary())
 
 
 def _json(data: object, status: int = 200) -> web.Response:

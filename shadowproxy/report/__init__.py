@@ -4,7 +4,7 @@ For the admin listener's live view (see ``live``)::
 
     view = LiveView()                    # one per process
     view.add(record)                     # every record the proxy logs (a dict), any event
-    view.summary()                       # -> Summary, at most a second old; the admin
+    await view.summary()                 # -> Summary, at most a second old; the admin
                                          #    renders it (off the event loop) for GET /report
 
 or the parts: ``Aggregator.add``, ``summarise(aggregator)``, ``render_html(summary,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shadowproxy.report.aggregate import Aggregator
-from shadowproxy.report.summary import Summary, summarise
+from shadowproxy.report.summary import Summary, summarise_stepwise
 
 SUMMARY_MAX_AGE = 1.0
 """Seconds a summary is reused, so that many viewers cost one summary a second."""
@@ -39,9 +39,11 @@ class LiveView:
         """Count one log record (exchanges; other events are counted as such)."""
         self.aggregator.add(record)
 
-    def summary(self) -> Summary:
+    async def summary(self) -> Summary:
+        """The summary, taken again when the last is a second old; in steps, so the event
+        loop goes on serving while a large one is made."""
         now = self._clock()
         if self._summary is None or now - self._summary_at >= SUMMARY_MAX_AGE:
-            self._summary = summarise(self.aggregator, sources=["live"])
+            self._summary = await summarise_stepwise(self.aggregator, sources=["live"])
             self._summary_at = now
         return self._summary

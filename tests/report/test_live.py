@@ -1,8 +1,12 @@
+import asyncio
+
 import orjson
 
 from shadowproxy.admin import LiveReport
 from shadowproxy.report.live import SUMMARY_MAX_AGE, LiveView
+from shadowproxy.report.summary import SUMMARY_STEP, Summary, summarise
 from shadowproxy.report.synthetic import exchange_record
+from shadowproxy.report.timestamps import parse_ts
 
 
 class Clock:
@@ -33,3 +37,30 @@ async def test_live_view_serves_html_and_json_and_reuses_a_fresh_summary() -> No
     assert '<body data-refresh="5">' in page
     assert "<title>shadowproxy live report</title>" in page
     assert "data-refresh" not in await report.html(None)
+
+
+async def test_a_large_summary_lets_the_event_loop_serve_while_it_is_made() -> None:
+    view = LiveView()
+    for i in range(300):
+        view.add(exchange_record(endpoint=f"GET /e{i}/{{id}}", outcome="mismatch"))
+    turns = 0
+    done = False
+
+    async def other_requests() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.ensure_future(other_requests())
+    await asyncio.sleep(0)  # let it start
+    summary = await view.summary()
+    done = True
+    await ticker
+    assert turns >= 300 // SUMMARY_STEP  # it ran between the steps, not only after
+    assert summary == summarise(view.aggregator, sources=["live"], now=summary_time(summary))
+    assert len(summary.endpoints) == 300
+
+
+def summary_time(summary: Summary) -> float:
+    return parse_ts(summary.generated_at)
