@@ -247,12 +247,9 @@ def summarise(
 ) -> Summary:
     """The report of everything added to ``aggregator`` so far."""
     steps = _summary_steps(aggregator, sources, since, until, endpoint_patterns, now)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            summary: Summary = done.value
-            return summary
+    while (summary := _advance(steps)) is None:
+        pass
+    return summary
 
 
 async def summarise_stepwise(aggregator: Aggregator, *, sources: Sequence[str] = ()) -> Summary:
@@ -260,13 +257,20 @@ async def summarise_stepwise(aggregator: Aggregator, *, sources: Sequence[str] =
     `SUMMARY_STEP` endpoints (a few hundred endpoints take tens of milliseconds). What is
     added meanwhile may be counted in some endpoints and not yet in others."""
     steps = _summary_steps(aggregator, sources, None, None, (), None)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            summary: Summary = done.value
-            return summary
+    # Not a wait for something: a turn given to the other tasks between two steps.
+    while (summary := _advance(steps)) is None:  # noqa: ASYNC110
         await asyncio.sleep(0)
+    return summary
+
+
+def _advance(steps: Generator[None, None, Summary]) -> Summary | None:
+    """Take one step; the summary once no step is left."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        summary: Summary = done.value
+        return summary
+    return None
 
 
 def _summary_steps(
