@@ -397,8 +397,8 @@ async def serve(
         workers=workers,
     )
     # Handlers are in place before anyone can learn the address: a stop asked for during
-    # start-up drains once started, and a reload waits (held) until the proxy can do it.
-    signals.hold(signal.SIGHUP)
+    # start-up drains once started, and a reload waits until the proxy can do it (SIGHUP is
+    # held since cmd_run, before any thread started; released below).
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

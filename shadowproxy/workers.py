@@ -51,16 +51,15 @@ class Supervisor:
         self._tls_port = 0
         self._follower: LogFollower | None = None
         self._started = False
-        self._admin_address: tuple[str, int] = ("", 0)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        # Workers inherit the held SIGHUP: one sent while they start waits until they can
-        # reload. The supervisor passes its own on once every worker is there to take it.
-        signals.hold(signal.SIGHUP)
+        # SIGHUP is held since cmd_run, and workers inherit the hold: one sent while they
+        # start waits until they can reload. The supervisor releases its own once every
+        # worker is there to take it on.
         loop.add_signal_handler(signal.SIGHUP, self.on_hangup)
         # Holds the port (one number for every worker, even with port 0); never listens.
         reserved = bind(self.config.listen, "listen", reuse_port=True)
@@ -76,10 +75,10 @@ class Supervisor:
         admin_runner = None
         try:
             await asyncio.gather(*(self._start_worker(i) for i in range(self.count)))
-            admin_runner = await self._start_admin()
+            admin_runner, admin_address = await self._start_admin()
             self._started = True
             signals.release(signal.SIGHUP)
-            self._announce()
+            self._announce(admin_address)
             if watcher is not None:
                 watcher.start()
             await self._supervise(stop)
@@ -143,7 +142,7 @@ class Supervisor:
             # The worker has said why on standard error ("cannot start: ...").
             raise WorkerStartError(f"worker {index} exited during start-up with code {code}")
 
-    async def _start_admin(self) -> web.AppRunner:
+    async def _start_admin(self) -> tuple[web.AppRunner, tuple[str, int]]:
         # Workers share only the log file, so the live report follows it.
         report = None
         if self.config.log.path != "-":
@@ -156,15 +155,14 @@ class Supervisor:
         await runner.setup()
         sock = bind(self.config.admin, "admin")
         await web.SockSite(runner, sock).start()
-        self._admin_address = sock.getsockname()[:2]
-        return runner
+        return runner, sock.getsockname()[:2]
 
-    def _announce(self) -> None:
+    def _announce(self, admin: tuple[str, int]) -> None:
         tls = self.config.listen_tls
         self.log.info(
             "listening",
             proxy=address_text(self.config.listen.host, self._port),
-            admin=address_text(*self._admin_address),
+            admin=address_text(*admin),
             tls=address_text(tls.address.host, self._tls_port) if tls is not None else None,
             workers=self.count,
             primary=self.config.primary.url,
