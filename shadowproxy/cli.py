@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from shadowproxy import __version__, oplog, signals
+from shadowproxy import __version__, channel, oplog, signals
 from shadowproxy.config import (
     ENV_CONFIG,
     Config,
@@ -32,8 +32,9 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 
 def _load(path: str | None, fd: int | None = None) -> tuple[Config, str] | None:
-    """The config and the text it was read from: the file's, or what ``fd`` carries (a
-    worker gets its supervisor's, which ``path`` names for messages and reloads)."""
+    """The config and the text it was read from: the file's, or the first message on the
+    config channel ``fd`` (a worker gets its supervisor's text; ``path`` names it in
+    messages)."""
     if path is None:
         print(f"shadowproxy: no config: pass --config FILE or set {ENV_CONFIG}", file=sys.stderr)
         return None
@@ -41,8 +42,10 @@ def _load(path: str | None, fd: int | None = None) -> tuple[Config, str] | None:
         if fd is None:
             text = read_config_text(path)
         else:
-            with open(fd, encoding="utf-8") as given:
-                text = given.read()
+            given = channel.read_frame(fd)
+            if given is None:
+                raise ConfigError(f"{path}: the supervisor closed the config channel")
+            text = given
         return parse_config_text(text, path), text
     except ConfigError as error:
         print(f"shadowproxy: invalid config {path}:\n{error}", file=sys.stderr)
@@ -80,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 listen_port=args.listen_port,
                 tls_port=args.listen_tls_port,
                 ready_fd=args.ready_fd,
+                config_channel=args.config_fd,
             )
         )
     except OSError as error:  # the port is taken, the log file cannot be opened, ...

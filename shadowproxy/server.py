@@ -15,12 +15,19 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shadowproxy import oplog, signals, websocket
+from shadowproxy import channel, oplog, signals, websocket
 from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.capture import CaptureSink, worker_path
 from shadowproxy.compare import Comparer
 from shadowproxy.compare.model import Comparison
-from shadowproxy.config import Config, ConfigError, HostPort, TLSListener, load_config
+from shadowproxy.config import (
+    Config,
+    ConfigError,
+    HostPort,
+    TLSListener,
+    load_config,
+    parse_config_text,
+)
 from shadowproxy.exchange import Exchange, Response
 from shadowproxy.forward import PrimaryPath
 from shadowproxy.guard import GuardedServer
@@ -283,23 +290,47 @@ class Proxy:
         endpoint = self.metrics.endpoint_label(exchange.endpoint)
         self.metrics.labelled(self.metrics.comparisons, outcome.value, endpoint).inc()
 
-    def reload(self) -> bool:
-        """Validate the config file again and swap it in; the old one stays on any error.
+    def hang_up(self) -> None:
+        """SIGHUP: reopen the log, then reload the config file.
 
         The log is reopened first, whatever becomes of the config: logrotate's signal must
         not depend on the file being valid, or records would go on into the rotated file.
         """
+        self.reopen_log()
+        self.reload()
+
+    def reopen_log(self) -> None:
+        self.writer.reopen()
+        self.log.info("log_reopened", path=self.config.log.path)
+
+    def reload(self) -> bool:
+        """Validate the config file again and swap it in; the old one stays on any error."""
         if self.config_path is None:
             return False
-        self.writer.reopen()
         if self._watcher is not None:
             self._watcher.mark_current()
         try:
             new = load_config(self.config_path)
         except ConfigError as error:
-            self.metrics.reloads.labels("invalid").inc()
-            self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
+            self._reload_failed(error)
             return False
+        return self.apply(new)
+
+    def apply_text(self, text: str) -> bool:
+        """Swap in the config the supervisor sent (validated there, parsed again here)."""
+        try:
+            new = parse_config_text(text, str(self.config_path or "config"))
+        except ConfigError as error:
+            self._reload_failed(error)
+            return False
+        return self.apply(new)
+
+    def _reload_failed(self, error: ConfigError) -> None:
+        self.metrics.reloads.labels("invalid").inc()
+        self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
+
+    def apply(self, new: Config) -> bool:
+        """Swap in ``new``; False (and the old config stays) when its TLS pair does not load."""
         if new.listen_tls is not None and self._tls_context is not None:
             try:
                 listener_tls_context(new.listen_tls)  # a bad pair must not replace a good one
@@ -373,11 +404,14 @@ async def serve(
     listen_port: int | None = None,
     tls_port: int | None = None,
     ready_fd: int | None = None,
+    config_channel: int | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the config and reopens the log.
+    """Run until SIGTERM or SIGINT; SIGHUP reopens the log and reloads the config.
 
     As a worker of a supervisor (``worker`` set), bind the supervisor's port with
-    SO_REUSEPORT, serve no admin listener, and say on ``ready_fd`` when listening.
+    SO_REUSEPORT, serve no admin listener, and say on ``ready_fd`` when listening. With a
+    ``config_channel`` the config comes from the supervisor only, and SIGHUP just reopens
+    the log.
     """
     proxy_socket = None
     if listen_port is not None:
@@ -403,8 +437,13 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload)
+    loop.add_signal_handler(
+        signal.SIGHUP, proxy.hang_up if config_channel is None else proxy.reopen_log
+    )
     await proxy.start()
+    from_supervisor = None
+    if config_channel is not None:
+        from_supervisor = await channel.receive(config_channel, proxy.apply_text)
     # What start-up built (modules, the config, compiled rules, pools) lives as long as the
     # process: out of the collector's full passes, which otherwise walk it again and again.
     gc.collect()
@@ -425,6 +464,8 @@ async def serve(
     finally:
         if orphan_watch is not None:
             orphan_watch.cancel()
+        if from_supervisor is not None:
+            from_supervisor.close()  # no reload once draining
         # Signals stay handled until the end: a second SIGTERM must not cut the drain short.
         await proxy.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

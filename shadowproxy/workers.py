@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shadowproxy import oplog, signals
+from shadowproxy import channel, oplog, signals
 from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.config import Config, ConfigError, parse_config_text, read_config_text
 from shadowproxy.follow import LogFollower
@@ -51,6 +51,8 @@ class Supervisor:
         self._tls_port = 0
         self._follower: LogFollower | None = None
         self._started = False
+        self._channels: dict[int, asyncio.WriteTransport] = {}
+        """Per worker, the pipe its config texts go through (see channel.py)."""
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -85,6 +87,7 @@ class Supervisor:
         finally:
             # Signals stay handled until the end: a second SIGTERM must not cut the drain short.
             await self._stop_workers()
+            self._close_channels()
             if watcher is not None:
                 await watcher.stop()
             if admin_runner is not None:
@@ -127,9 +130,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(WORKER_START_TIMEOUT):
-                # More than a pipe holds blocks until the worker reads it: off the event loop.
-                config = self._config_text.encode()
-                await loop.run_in_executor(None, _send_all, config_out, config)
+                self._open_channel(index, await channel.sender(config_out))
                 ready = await loop.run_in_executor(None, os.read, read_fd, 16)
         except TimeoutError:
             raise WorkerStartError(
@@ -202,13 +203,15 @@ class Supervisor:
                     await self._start_worker(index)
 
     def on_hangup(self) -> None:
-        """SIGHUP: reload, and have every worker reopen its log even if the file does not load
-        (the worker then keeps its config too, and says so)."""
-        if not self.reload():
-            self._hang_up_workers()
+        """SIGHUP: every worker reopens its log, even if the file does not load; then the
+        config is reloaded."""
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGHUP)
+        self.reload()
 
     def reload(self) -> bool:
-        """Validate first; only a valid file is passed on to the workers."""
+        """Validate first; only a valid file is passed on, as the same text to every worker."""
         try:
             text = read_config_text(self.config_path)
             new = parse_config_text(text, str(self.config_path))
@@ -216,23 +219,25 @@ class Supervisor:
             self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
             return False
         self.config, self._config_text = new, text
-        self._hang_up_workers()
+        for transport in self._channels.values():
+            if not transport.is_closing():  # a worker gone; its successor starts with the text
+                transport.write(channel.frame(text))
         self.log.info("config_reloaded", digest=new.digest(), workers=self.count)
         return True
 
-    def _hang_up_workers(self) -> None:
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGHUP)
+    def _open_channel(self, index: int, transport: asyncio.WriteTransport) -> None:
+        """The worker's config channel, the text in force first: in one step, so that a
+        reload either comes before (and is that text) or sees the channel."""
+        transport.write(channel.frame(self._config_text))
+        old = self._channels.pop(index, None)
+        if old is not None:
+            old.close()
+        self._channels[index] = transport
 
-
-def _send_all(fd: int, data: bytes) -> None:
-    """Write ``data`` to ``fd`` and close it; a worker that died before reading is no error."""
-    try:
-        with open(fd, "wb") as out:
-            out.write(data)
-    except BrokenPipeError:
-        pass
+    def _close_channels(self) -> None:
+        for transport in self._channels.values():
+            transport.close()
+        self._channels.clear()
 
 
 def run_supervisor(

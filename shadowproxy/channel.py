@@ -1,0 +1,98 @@
+"""The supervisor's config channel to a worker: a pipe of length-prefixed config texts.
+
+Workers never read the config file themselves. The supervisor validates the file once and
+sends the same text to every worker: the one it starts with, then every reload. Read
+separately, a file edited between two workers' reads would leave them running different
+configs behind one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import struct
+from collections.abc import Callable
+from typing import Final
+
+_LENGTH: Final = struct.Struct(">I")
+
+
+def frame(text: str) -> bytes:
+    """One message: the text's length in four bytes, then the text in UTF-8."""
+    data = text.encode()
+    return _LENGTH.pack(len(data)) + data
+
+
+def read_frame(fd: int) -> str | None:
+    """The next message, read blocking and no further than its end; None at end of file."""
+    head = _read_exactly(fd, _LENGTH.size)
+    if head is None:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    body = _read_exactly(fd, size)
+    if body is None:
+        return None
+    return body.decode()
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    parts: list[bytes] = []
+    missing = size
+    while missing:
+        part = os.read(fd, missing)
+        if not part:
+            return None
+        parts.append(part)
+        missing -= len(part)
+    return b"".join(parts)
+
+
+class FrameReader(asyncio.Protocol):
+    """Calls ``on_text`` with the newest whole message of each read from a pipe.
+
+    Only the newest text counts: messages that queued up while the worker was busy (a burst
+    of reloads) would each be applied only to be replaced at once.
+    """
+
+    def __init__(self, on_text: Callable[[str], object]) -> None:
+        self._on_text = on_text
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        newest: str | None = None
+        while len(self._buffer) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(self._buffer)
+            end = _LENGTH.size + size
+            if len(self._buffer) < end:
+                break
+            newest = self._buffer[_LENGTH.size : end].decode()
+            del self._buffer[:end]
+        if newest is not None:
+            self._on_text(newest)
+
+
+def _pipe(fd: int, mode: str) -> io.FileIO:
+    # An unbuffered file: a transport takes it over and closes it.
+    return io.FileIO(fd, mode)
+
+
+async def receive(fd: int, on_text: Callable[[str], object]) -> asyncio.ReadTransport:
+    """Call ``on_text`` with each message that arrives on ``fd`` from now on."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(lambda: FrameReader(on_text), _pipe(fd, "r"))
+    return transport
+
+
+async def sender(fd: int) -> asyncio.WriteTransport:
+    """``fd`` as a transport: what the pipe cannot take yet waits in its buffer, never
+    blocking the loop, however large the config."""
+    loop = asyncio.get_running_loop()
+    pipe = _pipe(fd, "w")
+    try:
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, pipe)
+    except BaseException:
+        pipe.close()
+        raise
+    return transport
