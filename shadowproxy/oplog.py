@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import logging
 import sys
+import threading
 from typing import Any
 
 import structlog
@@ -31,6 +32,8 @@ class _StandardError:
         self._file = sys.stderr.buffer
         self._background: BackgroundWriter | None = None
         self.dropped = 0
+        # The writer thread counts its losses while callers take the count to report it.
+        self._dropped_lock = threading.Lock()
         if waits_for_reader(self._file.fileno()):
             self._background = BackgroundWriter(
                 self._file.fileno(), MAX_BUFFER_BYTES, on_lost=self._lost
@@ -40,10 +43,11 @@ class _StandardError:
     def write(self, line: bytes) -> int:
         if self._background is None:
             return self._file.write(line)
-        if self.dropped and self._background.offer(self._dropped_line(), 1):
-            self.dropped = 0
-        if not self._background.offer(line, 1):
-            self.dropped += 1
+        with self._dropped_lock:
+            if self.dropped and self._background.offer(self._dropped_line(), 1):
+                self.dropped = 0
+            if not self._background.offer(line, 1):
+                self.dropped += 1
         return len(line)
 
     def flush(self) -> None:
@@ -59,7 +63,8 @@ class _StandardError:
             self._background.close(DRAIN_TIMEOUT)
 
     def _lost(self, lines: int, _reason: str) -> None:
-        self.dropped += lines
+        with self._dropped_lock:
+            self.dropped += lines
 
     def _dropped_line(self) -> bytes:
         return (
