@@ -52,6 +52,7 @@ class Supervisor:
         self._follower: LogFollower | None = None
         self._started = False
         self._channels: dict[int, asyncio.WriteTransport] = {}
+        self._watcher: FileWatcher | None = None
         """Per worker, the pipe its config texts go through (see channel.py)."""
 
     async def run(self) -> None:
@@ -70,10 +71,11 @@ class Supervisor:
         if self.config.listen_tls is not None:
             reserved_tls = bind(self.config.listen_tls.address, "listen_tls", reuse_port=True)
             self._tls_port = reserved_tls.getsockname()[1]
-        watcher = None
         if self.config.reload.watch:
             # The file as loaded is the baseline; a change during start-up still counts.
-            watcher = FileWatcher(self.config_path, self.config.reload.poll_interval, self.reload)
+            self._watcher = FileWatcher(
+                self.config_path, self.config.reload.poll_interval, self.reload
+            )
         admin_runner = None
         try:
             await asyncio.gather(*(self._start_worker(i) for i in range(self.count)))
@@ -81,15 +83,15 @@ class Supervisor:
             self._started = True
             signals.release(signal.SIGHUP)
             self._announce(admin_address)
-            if watcher is not None:
-                watcher.start()
+            if self._watcher is not None:
+                self._watcher.start()
             await self._supervise(stop)
         finally:
             # Signals stay handled until the end: a second SIGTERM must not cut the drain short.
             await self._stop_workers()
             self._close_channels()
-            if watcher is not None:
-                await watcher.stop()
+            if self._watcher is not None:
+                await self._watcher.stop()
             if admin_runner is not None:
                 await admin_runner.cleanup()
             if self._follower is not None:
@@ -212,6 +214,8 @@ class Supervisor:
 
     def reload(self) -> bool:
         """Validate first; only a valid file is passed on, as the same text to every worker."""
+        if self._watcher is not None:
+            self._watcher.mark_current()  # a SIGHUP's reload is not the watcher's to repeat
         try:
             text = read_config_text(self.config_path)
             new = parse_config_text(text, str(self.config_path))
