@@ -52,8 +52,8 @@ class Supervisor:
         self._follower: LogFollower | None = None
         self._started = False
         self._channels: dict[int, asyncio.WriteTransport] = {}
-        self._watcher: FileWatcher | None = None
         """Per worker, the pipe its config texts go through (see channel.py)."""
+        self._watcher: FileWatcher | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
