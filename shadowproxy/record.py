@@ -273,14 +273,15 @@ class LogWriter:
                 os.close(self._fd)
         self._fd = None
 
-    def reopen(self) -> None:
-        """Reopen the file by name, for logrotate's move-then-signal rotation. A pipe or
-        terminal is kept: it has no name to rotate, and its thread may be writing to it."""
+    def reopen(self) -> bool:
+        """Reopen the file by name, for logrotate's move-then-signal rotation; True when it
+        was. Standard output, a pipe or a terminal is kept: it has no name to rotate, and a
+        thread may be writing to it."""
         self.flush()
-        if self._background is not None:
-            return
+        if self._background is not None or self._path == "-":
+            return False
         self._close_fd()
-        self._try_open()
+        return self._try_open()
 
     def start(self) -> None:
         if self._fd is None:

@@ -300,8 +300,8 @@ class Proxy:
         self.reload()
 
     def reopen_log(self) -> None:
-        self.writer.reopen()
-        self.log.info("log_reopened", path=self.config.log.path)
+        if self.writer.reopen():  # a failure is said where it happens: log_open_failed
+            self.log.info("log_reopened", path=self.config.log.path)
 
     def reload(self) -> bool:
         """Validate the config file again and swap it in; the old one stays on any error."""
