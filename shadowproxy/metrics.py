@@ -153,9 +153,7 @@ class Metrics:
             "1 while the circuit breaker pauses mirroring to the candidate, else 0.",
             registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
-        self.log_lost = Counter(
-            "shadowproxy_log_records_lost", "Records the log could not write.", registry=r
-        )
+        self.log_lost = log_lost_counter(r)
         self.websockets = Counter(
             "shadowproxy_websocket_upgrades", "WebSocket upgrades relayed (never mirrored).",
             registry=r,
@@ -214,6 +212,16 @@ class Metrics:
     def render(self) -> bytes:
         self.publish()
         return generate_latest(self.registry)
+
+
+def log_lost_counter(registry: CollectorRegistry | None = None) -> Counter:
+    """Records the log could not write. The supervisor keeps one of its own for the lines it
+    passes on (relay.py); with workers, every process's count adds up on /metrics."""
+    return Counter(
+        "shadowproxy_log_records_lost",
+        "Records the log could not write.",
+        registry=registry if registry is not None else CollectorRegistry(),
+    )
 
 
 def render_all_workers() -> bytes:

@@ -22,7 +22,9 @@ from shadowproxy import channel, oplog, signals
 from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.config import Config, ConfigError, parse_config_text, read_config_text
 from shadowproxy.follow import LogFollower
-from shadowproxy.metrics import render_all_workers
+from shadowproxy.metrics import log_lost_counter, render_all_workers
+from shadowproxy.record import OUTPUT_DRAIN_TIMEOUT
+from shadowproxy.relay import LineRelay
 from shadowproxy.report.live import LiveView
 from shadowproxy.server import address_text, bind
 from shadowproxy.watch import FileWatcher
@@ -54,6 +56,9 @@ class Supervisor:
         self._channels: dict[int, asyncio.WriteTransport] = {}
         """Per worker, the pipe its config texts go through (see channel.py)."""
         self._watcher: FileWatcher | None = None
+        self._live = LiveView()
+        self._relay: LineRelay | None = None
+        """With ``log.path: "-"``: the workers' records pass through here (see relay.py)."""
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -64,6 +69,14 @@ class Supervisor:
         # start waits until they can reload. The supervisor releases its own once every
         # worker is there to take it on.
         loop.add_signal_handler(signal.SIGHUP, self.on_hangup)
+        if self.config.log.path == "-":
+            self._relay = LineRelay(
+                sys.stdout.fileno(),
+                self.config.log.max_buffer_bytes,
+                self._live.add,
+                self.log,
+                on_lost=log_lost_counter().inc,
+            )
         # Holds the port (one number for every worker, even with port 0); never listens.
         reserved = bind(self.config.listen, "listen", reuse_port=True)
         self._port = reserved.getsockname()[1]
@@ -90,6 +103,8 @@ class Supervisor:
             # Signals stay handled until the end: a second SIGTERM must not cut the drain short.
             await self._stop_workers()
             self._close_channels()
+            if self._relay is not None:
+                await self._relay.close(OUTPUT_DRAIN_TIMEOUT)
             if self._watcher is not None:
                 await self._watcher.stop()
             if admin_runner is not None:
@@ -101,11 +116,15 @@ class Supervisor:
                 reserved_tls.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            self.log.info("stopped")
+            if self._relay is not None:
+                self.log.info("stopped", log_records_lost=self._relay.lost)
+            else:
+                self.log.info("stopped")
 
     async def _start_worker(self, index: int) -> None:
         read_fd, write_fd = os.pipe()
         config_fd, config_out = os.pipe()
+        records_in, records_out = os.pipe() if self._relay is not None else (None, None)
         command = [
             sys.executable, "-m", "shadowproxy", "run", "--config", str(self.config_path),
             "--config-fd", str(config_fd),
@@ -117,17 +136,24 @@ class Supervisor:
         signals.hold(signal.SIGHUP)  # a restarted worker is as exposed as the first
         try:
             process = await asyncio.create_subprocess_exec(
-                *command, pass_fds=(write_fd, config_fd), stdin=asyncio.subprocess.DEVNULL
+                *command,
+                pass_fds=(write_fd, config_fd),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=records_out,  # None: the supervisor's own
             )
         except BaseException:
-            os.close(read_fd)
-            os.close(config_out)
+            for fd in (read_fd, config_out, records_in):
+                if fd is not None:
+                    os.close(fd)
             raise
         finally:
-            os.close(write_fd)
-            os.close(config_fd)
+            for fd in (write_fd, config_fd, records_out):
+                if fd is not None:
+                    os.close(fd)
             if self._started:  # not a mask saved and restored: restarts may overlap
                 signals.release(signal.SIGHUP)
+        if self._relay is not None and records_in is not None:
+            await self._relay.attach(records_in)
         self.processes[index] = process
         loop = asyncio.get_running_loop()
         try:
@@ -146,13 +172,11 @@ class Supervisor:
             raise WorkerStartError(f"worker {index} exited during start-up with code {code}")
 
     async def _start_admin(self) -> tuple[web.AppRunner, tuple[str, int]]:
-        # Workers share only the log file, so the live report follows it.
-        report = None
-        if self.config.log.path != "-":
-            live = LiveView()
-            self._follower = LogFollower(Path(self.config.log.path), live.add)
+        if self._relay is None:
+            # Workers share the log file, so the live report follows it.
+            self._follower = LogFollower(Path(self.config.log.path), self._live.add)
             self._follower.start()
-            report = LiveReport(summary=live.summary, title=live.title)
+        report = LiveReport(summary=self._live.summary, title=self._live.title)
         app = build_admin_app(config=lambda: self.config, metrics=render_all_workers, report=report)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()

@@ -449,3 +449,46 @@ async def test_workers_take_their_config_from_the_supervisor_only(
     assert len(digests) == 1
     assert digests != {first["config_digest"]} == {second["config_digest"]}
     assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(90)
+async def test_workers_logging_to_standard_output_pass_whole_lines_and_feed_the_live_report(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    # Records of about 20 KB: far beyond what a pipe takes in one piece.
+    primary = await serve(json_handler({"rows": [f"p{i}-" + "x" * 400 for i in range(50)]}))
+    candidate = await serve(json_handler({"rows": [f"c{i}-" + "x" * 400 for i in range(50)]}))
+    read_end, write_end = os.pipe()
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "2"), log={"path": "-"}, stdout=write_end
+    )
+    os.close(write_end)
+    lines = asyncio.StreamReader(limit=1 << 20)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(lines), os.fdopen(read_end, "rb")
+    )
+    total = 60
+    connector = aiohttp.TCPConnector(force_close=True)  # new connections reach both workers
+    async with aiohttp.ClientSession(connector=connector) as client:
+
+        async def get(i: int) -> None:
+            async with client.get(f"{proxy.url}/rows/{i}") as response:
+                assert response.status == 200
+                await response.read()
+
+        await asyncio.gather(*(get(i) for i in range(total)))
+    records = [orjson.loads(await lines.readline()) for _ in range(total)]  # whole lines
+    assert {r["event"] for r in records} == {"exchange"}
+    assert len({r["id"] for r in records}) == total
+    assert all(r["difference_count"] == 50 for r in records)
+
+    # Each line the supervisor passed on is in the live report already.
+    status, body = await admin_get(proxy, "/report.json")
+    assert status == 200
+    assert orjson.loads(body)["overall"]["compared"] == total
+    assert await proxy.stop() == 0
+    assert await lines.read() == b""  # nothing after the records, not even a torn line
+    transport.close()
+    stopped = [e for e in proxy.events("stopped") if e.get("role") == "supervisor"]
+    assert [e["log_records_lost"] for e in stopped] == [0]

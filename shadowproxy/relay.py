@@ -1,0 +1,144 @@
+"""Workers' log lines on standard output, passed on by their supervisor.
+
+With ``log.path: "-"`` and several workers, each worker writes its records into a pipe of its
+own; the supervisor counts every record for the live report and passes the lines on to its
+standard output. Lines of different workers never cut into each other, however long, and the
+live report needs no file to follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
+
+# Lost lines are said at most this often in the operational log.
+LOSS_REPORT_INTERVAL = 60.0
+# A line still without its end past this size is dropped: memory stays bounded.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+class LineRelay:
+    """Whole lines from any number of pipes to one output; each line, if a JSON object, to
+    ``on_record`` first."""
+
+    def __init__(
+        self,
+        out_fd: int,
+        max_bytes: int,
+        on_record: Callable[[dict[str, Any]], None],
+        oplog: Any,
+        on_lost: Callable[[int], object] | None = None,
+    ) -> None:
+        self._fd = out_fd
+        self._on_record = on_record
+        self._log = oplog
+        self._on_lost = on_lost
+        # A pipe or terminal may wait for its reader: written by a thread, within a bound.
+        self._background = (
+            BackgroundWriter(out_fd, max_bytes, on_lost=self.count_lost)
+            if waits_for_reader(out_fd)
+            else None
+        )
+        self._ends: set[asyncio.Future[None]] = set()
+        self.lost = 0
+        self._unreported = 0
+        self._reported_at = 0.0
+
+    async def attach(self, fd: int) -> None:
+        """Relay what arrives on the read end ``fd`` until its writer closes it."""
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        self._ends.add(ended)
+        ended.add_done_callback(self._ends.discard)
+        await loop.connect_read_pipe(lambda: _Lines(self, ended), io.FileIO(fd, "r"))
+
+    def lines(self, data: bytes) -> None:
+        """Pass on ``data``: whole lines, each ending with a newline."""
+        count = 0
+        for line in data.splitlines():
+            count += 1
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if type(record) is dict:
+                self._on_record(record)
+        # After the live report has them: whoever reads a line can find it there.
+        if self._background is not None:
+            if not self._background.offer(data, count):
+                self.count_lost(count, "standard output is not read fast enough")
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as error:
+            self.count_lost(count, error.strerror or "write failed")
+
+    async def close(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for every pipe's end, then for the output to take
+        what is left; the rest counts as lost."""
+        deadline = time.monotonic() + timeout
+        if self._ends:
+            await asyncio.wait(set(self._ends), timeout=timeout)
+        if self._background is not None:
+            left = max(0.0, deadline - time.monotonic())
+            await asyncio.to_thread(self._background.close, left)
+        if self._unreported:
+            self._report("at shutdown")
+
+    def count_lost(self, lines: int, reason: str) -> None:
+        self.lost += lines
+        if self._on_lost is not None:
+            self._on_lost(lines)
+        self._unreported += lines
+        if time.monotonic() - self._reported_at >= LOSS_REPORT_INTERVAL:
+            self._report(reason)
+
+    def _report(self, reason: str) -> None:
+        self._log.error(
+            "log_records_lost", path="-", records=self._unreported, reason=reason, by="supervisor"
+        )
+        self._reported_at = time.monotonic()
+        self._unreported = 0
+
+
+class _Lines(asyncio.Protocol):
+    """One worker's pipe: cut into whole lines; a line cut short by a dying worker is
+    dropped, never passed on as half a record."""
+
+    def __init__(self, relay: LineRelay, ended: asyncio.Future[None]) -> None:
+        self._relay = relay
+        self._ended = ended
+        self._partial = b""
+        self._skipping = False
+        """The start of the line being received was dropped: so is the rest of it."""
+
+    def data_received(self, data: bytes) -> None:
+        if self._skipping:
+            cut = data.find(b"\n")
+            if cut < 0:
+                return
+            data, self._skipping = data[cut + 1 :], False
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._partial += data
+            if len(self._partial) > MAX_LINE_BYTES:
+                self._partial, self._skipping = b"", True
+                self._relay.count_lost(1, "a line longer than the relay holds")
+            return
+        whole = self._partial + data[: end + 1] if self._partial else data[: end + 1]
+        self._partial = data[end + 1 :]
+        self._relay.lines(whole)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
