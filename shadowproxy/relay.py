@@ -63,7 +63,7 @@ class LineRelay:
     def lines(self, data: bytes) -> None:
         """Pass on ``data``: whole lines, each ending with a newline."""
         count = 0
-        for line in data.splitlines():
+        for line in data.split(b"\n")[:-1]:
             count += 1
             try:
                 record = orjson.loads(line)
@@ -140,5 +140,7 @@ class _Lines(asyncio.Protocol):
         self._relay.lines(whole)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._partial:
+            self._relay.count_lost(1, "a worker ended in the middle of a line")
         if not self._ended.done():
             self._ended.set_result(None)

@@ -50,9 +50,10 @@ async def test_a_line_cut_short_by_a_dying_worker_is_not_passed_on(tmp_path: Pat
     out = tmp_path / "out.jsonl"
     records: list[dict[str, Any]] = []
     with out.open("wb") as file:
-        await relay_into(file.fileno(), [whole, b'{"event": "exch'], records)
+        lines = await relay_into(file.fileno(), [whole, b'{"event": "exch'], records)
     assert out.read_bytes() == whole
     assert len(records) == 1
+    assert lines.lost == 1
 
 
 async def test_a_line_whose_end_does_not_come_within_the_bound_is_dropped_whole(
