@@ -52,6 +52,11 @@ class LineRelay:
         self._unreported = 0
         self._reported_at = 0.0
 
+    def configure(self, max_bytes: int) -> None:
+        """A reload's ``log.max_buffer_bytes``."""
+        if self._background is not None:
+            self._background.max_bytes = max_bytes
+
     async def attach(self, fd: int) -> None:
         """Relay what arrives on the read end ``fd`` until its writer closes it."""
         loop = asyncio.get_running_loop()

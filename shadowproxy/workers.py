@@ -247,6 +247,8 @@ class Supervisor:
             self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
             return False
         self.config, self._config_text = new, text
+        if self._relay is not None:
+            self._relay.configure(new.log.max_buffer_bytes)
         for transport in self._channels.values():
             if not transport.is_closing():  # a worker gone; its successor starts with the text
                 transport.write(channel.frame(text))

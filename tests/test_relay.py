@@ -100,3 +100,18 @@ async def test_a_pipe_nobody_reads_yet_holds_up_nothing() -> None:
     os.close(read_end)
     assert len(written) + lines.lost == 200
     assert len(records) == 200
+
+
+async def test_a_reload_changes_how_much_may_wait_for_the_reader() -> None:
+    read_end, write_end = os.pipe()
+    line = b'{"pad": "' + b"p" * 1000 + b'"}\n'
+    lines = relay.LineRelay(write_end, 4096, lambda _: None, oplog.get())
+    lines.configure(1 << 20)  # 200 KB now wait in full
+    for _ in range(200):
+        lines.lines(line)
+    assert lines.lost == 0
+    reading = asyncio.ensure_future(asyncio.to_thread(read_fd_to_end, read_end))
+    await lines.close(5)
+    os.close(write_end)
+    assert len((await reading).splitlines()) == 200
+    os.close(read_end)
