@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from shadowproxy.metrics import log_lost_counter, render_all_workers
 from shadowproxy.record import OUTPUT_DRAIN_TIMEOUT
 from shadowproxy.relay import LineRelay
 from shadowproxy.report.live import LiveView
-from shadowproxy.server import address_text, bind
+from shadowproxy.server import address_text, bind, listener_tls_context
 from shadowproxy.watch import FileWatcher
 
 WORKER_START_TIMEOUT = 30.0
@@ -246,6 +247,12 @@ class Supervisor:
         except ConfigError as error:
             self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
             return False
+        if new.listen_tls is not None:
+            try:  # what every worker would find: refused once, here, and sent to none
+                listener_tls_context(new.listen_tls)
+            except (OSError, ssl.SSLError) as error:
+                self.log.error("tls_reload_failed", error=str(error))
+                return False
         self.config, self._config_text = new, text
         if self._relay is not None:
             self._relay.configure(new.log.max_buffer_bytes)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 import pytest
+import trustme
 from aiohttp import web
 
 from shadowproxy.config import Config, parse_config
@@ -226,3 +227,9 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         timeout=aiohttp.ClientTimeout(total=30),
     ) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A certificate authority for TLS tests: issue with ``ca.issue_cert(host)``."""
+    return trustme.CA()

@@ -20,11 +20,6 @@ MakeProxy = Callable[..., Awaitable[RunningProxy]]
 Serve = Callable[..., Awaitable[Backend]]
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
     path = tmp_path / "ca.pem"
