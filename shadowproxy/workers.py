@@ -15,6 +15,7 @@ import shutil
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -31,8 +32,12 @@ from shadowproxy.server import address_text, bind, listener_tls_context
 from shadowproxy.watch import FileWatcher
 
 WORKER_START_TIMEOUT = 30.0
-# A worker that dies is started again, but not in a tight loop.
+# A worker that dies is started again, but not in a tight loop: after RESTART_DELAY seconds,
+# doubled at each death in a row up to MAX_RESTART_DELAY, and back to the first once a worker
+# has run for STABLE_AFTER seconds.
 RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
+STABLE_AFTER = 60.0
 
 
 class WorkerStartError(Exception):
@@ -162,6 +167,8 @@ class Supervisor:
                 self._open_channel(index, await channel.sender(config_out))
                 ready = await loop.run_in_executor(None, os.read, read_fd, 16)
         except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()  # stuck: it would hold its slot for good
             raise WorkerStartError(
                 f"worker {index} was not ready within {WORKER_START_TIMEOUT:g} s"
             ) from None
@@ -219,15 +226,22 @@ class Supervisor:
 
     async def _watch(self, index: int, stop: asyncio.Event) -> None:
         """Start a worker again when it dies while the proxy is meant to run."""
+        delay = RESTART_DELAY
         while not stop.is_set():
+            started = time.monotonic()
             code = await self.processes[index].wait()
             if self._stopping:
                 return
-            self.log.error("worker_exited", worker=index, code=code)
-            await asyncio.sleep(RESTART_DELAY)
-            if not self._stopping:
-                with contextlib.suppress(WorkerStartError):
+            if time.monotonic() - started >= STABLE_AFTER:
+                delay = RESTART_DELAY
+            self.log.error("worker_exited", worker=index, code=code, restart_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY)
+            if not self._stopping:  # set by a SIGTERM during the wait
+                try:
                     await self._start_worker(index)
+                except (WorkerStartError, OSError) as error:  # OSError: not even spawned
+                    self.log.error("worker_start_failed", worker=index, error=str(error))
 
     def on_hangup(self) -> None:
         """SIGHUP: every worker reopens its log, even if the file does not load; then the

@@ -492,3 +492,29 @@ async def test_workers_logging_to_standard_output_pass_whole_lines_and_feed_the_
     transport.close()
     stopped = [e for e in proxy.events("stopped") if e.get("role") == "supervisor"]
     assert [e["log_records_lost"] for e in stopped] == [0]
+
+
+@pytest.mark.timeout(90)
+async def test_a_worker_that_cannot_start_again_is_retried_ever_less_often(
+    serve: Serve, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    proxy = await answering_alike(
+        serve, start_proxy, 2, capture={"path": str(captures / "capture.jsonl")}
+    )
+    victim = proxy.events("worker_listening")[0]
+    captures.rename(tmp_path / "gone")
+    captures.write_text("")  # a file where its directory was: a new worker cannot capture
+    os.kill(victim["pid"], signal.SIGKILL)
+    await proxy.wait_count("worker_start_failed", 2, timeout=30)
+    await proxy.wait_count("worker_exited", 3)  # killed, then two failed starts
+    assert [e["restart_in"] for e in proxy.events("worker_exited")] == [1.0, 2.0, 4.0]
+    assert "exited during start-up" in proxy.events("worker_start_failed")[0]["error"]
+
+    captures.unlink()
+    (tmp_path / "gone").rename(captures)  # mended: the next try starts it
+    await proxy.wait_count("worker_listening", 3, timeout=30)
+    async with aiohttp.ClientSession() as client, client.get(proxy.url + "/a") as response:
+        assert response.status == 200
+    assert await proxy.stop() == 0
