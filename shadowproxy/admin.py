@@ -93,13 +93,20 @@ def build_admin_app(
     config: Callable[[], Config],
     metrics: Callable[[], bytes],
     report: LiveReport | None = None,
+    serving: Callable[[], bool] | None = None,
 ) -> web.Application:
-    """``config`` and ``metrics`` are read per request, so reloads and new counts show at once."""
+    """``config`` and ``metrics`` are read per request, so reloads and new counts show at once.
+
+    ``serving`` tells a supervisor's admin whether any worker takes requests now; without it,
+    this process serves them itself.
+    """
 
     async def healthz(_: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
+        if serving is not None and not serving():
+            return _json({"status": "not ready", "reason": "no worker is serving"}, status=503)
         if await primary_reachable(config()):
             return _json({"status": "ready"})
         return _json({"status": "not ready", "reason": "primary unreachable"}, status=503)

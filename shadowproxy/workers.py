@@ -63,6 +63,8 @@ class Supervisor:
         """Per worker, the pipe its config texts go through (see channel.py)."""
         self._watcher: FileWatcher | None = None
         self._live = LiveView()
+        self._serving: set[int] = set()
+        """Workers that said they were ready and have not exited since."""
         self._relay: LineRelay | None = None
         """With ``log.path: "-"``: the workers' records pass through here (see relay.py)."""
 
@@ -178,6 +180,7 @@ class Supervisor:
             code = await process.wait()
             # The worker has said why on standard error ("cannot start: ...").
             raise WorkerStartError(f"worker {index} exited during start-up with code {code}")
+        self._serving.add(index)
 
     async def _start_admin(self) -> tuple[web.AppRunner, tuple[str, int]]:
         if self._relay is None:
@@ -185,7 +188,12 @@ class Supervisor:
             self._follower = LogFollower(Path(self.config.log.path), self._live.add)
             self._follower.start()
         report = LiveReport(summary=self._live.summary, title=self._live.title)
-        app = build_admin_app(config=lambda: self.config, metrics=render_all_workers, report=report)
+        app = build_admin_app(
+            config=lambda: self.config,
+            metrics=render_all_workers,
+            report=report,
+            serving=lambda: bool(self._serving),
+        )
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         sock = bind(self.config.admin, "admin")
@@ -230,6 +238,7 @@ class Supervisor:
         while not stop.is_set():
             started = time.monotonic()
             code = await self.processes[index].wait()
+            self._serving.discard(index)
             if self._stopping:
                 return
             if time.monotonic() - started >= STABLE_AFTER:
@@ -242,6 +251,8 @@ class Supervisor:
                     await self._start_worker(index)
                 except (WorkerStartError, OSError) as error:  # OSError: not even spawned
                     self.log.error("worker_start_failed", worker=index, error=str(error))
+                else:
+                    self.log.info("worker_restarted", worker=index)
 
     def on_hangup(self) -> None:
         """SIGHUP: every worker reopens its log, even if the file does not load; then the
