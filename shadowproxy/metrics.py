@@ -224,6 +224,24 @@ def log_lost_counter(registry: CollectorRegistry | None = None) -> Counter:
     )
 
 
+class SupervisorMetrics:
+    """What only the supervisor knows: its workers' lives. Written, like the workers' own, to
+    the shared multiprocess directory, so /metrics shows them beside the sums."""
+
+    def __init__(self) -> None:
+        r = CollectorRegistry()  # collected from the directory, never from here
+        self.serving = Gauge(
+            "shadowproxy_workers_serving", "Worker processes taking requests now.",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.exits = Counter(
+            "shadowproxy_worker_exits",
+            "Worker processes that died while the proxy ran; each is started again.",
+            registry=r,
+        )
+        self.log_lost = log_lost_counter(r)
+
+
 def render_all_workers() -> bytes:
     """Metrics summed over every worker process, read from the shared multiprocess directory.
 

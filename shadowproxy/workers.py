@@ -24,7 +24,7 @@ from shadowproxy import channel, oplog, signals
 from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.config import Config, ConfigError, parse_config_text, read_config_text
 from shadowproxy.follow import LogFollower
-from shadowproxy.metrics import log_lost_counter, render_all_workers
+from shadowproxy.metrics import SupervisorMetrics, render_all_workers
 from shadowproxy.record import OUTPUT_DRAIN_TIMEOUT
 from shadowproxy.relay import LineRelay
 from shadowproxy.report.live import LiveView
@@ -65,6 +65,7 @@ class Supervisor:
         self._live = LiveView()
         self._serving: set[int] = set()
         """Workers that said they were ready and have not exited since."""
+        self._metrics = SupervisorMetrics()
         self._relay: LineRelay | None = None
         """With ``log.path: "-"``: the workers' records pass through here (see relay.py)."""
 
@@ -83,7 +84,7 @@ class Supervisor:
                 self.config.log.max_buffer_bytes,
                 self._live.add,
                 self.log,
-                on_lost=log_lost_counter().inc,
+                on_lost=self._metrics.log_lost.inc,
             )
         # Holds the port (one number for every worker, even with port 0); never listens.
         reserved = bind(self.config.listen, "listen", reuse_port=True)
@@ -181,6 +182,7 @@ class Supervisor:
             # The worker has said why on standard error ("cannot start: ...").
             raise WorkerStartError(f"worker {index} exited during start-up with code {code}")
         self._serving.add(index)
+        self._metrics.serving.set(len(self._serving))
 
     async def _start_admin(self) -> tuple[web.AppRunner, tuple[str, int]]:
         if self._relay is None:
@@ -239,8 +241,10 @@ class Supervisor:
             started = time.monotonic()
             code = await self.processes[index].wait()
             self._serving.discard(index)
+            self._metrics.serving.set(len(self._serving))
             if self._stopping:
                 return
+            self._metrics.exits.inc()
             if time.monotonic() - started >= STABLE_AFTER:
                 delay = RESTART_DELAY
             self.log.error("worker_exited", worker=index, code=code, restart_in=delay)

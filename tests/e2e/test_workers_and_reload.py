@@ -518,11 +518,14 @@ async def test_workers_that_cannot_start_again_are_retried_ever_less_often(
     assert "exited during start-up" in proxy.events("worker_start_failed")[0]["error"]
     status, body = await admin_get(proxy, "/readyz")
     assert (status, orjson.loads(body)["reason"]) == (503, "no worker is serving")
+    assert await metric(proxy.admin_url, "shadowproxy_workers_serving") == 0
+    assert await metric(proxy.admin_url, "shadowproxy_worker_exits_total") >= 6
 
     captures.unlink()
     (tmp_path / "gone").rename(captures)  # mended: the next tries start them
     await proxy.wait_count("worker_restarted", 2, timeout=30)
     assert (await admin_get(proxy, "/readyz"))[0] == 200
+    assert await metric(proxy.admin_url, "shadowproxy_workers_serving") == 2
     async with aiohttp.ClientSession() as client, client.get(proxy.url + "/a") as response:
         assert response.status == 200
     assert await proxy.stop() == 0
