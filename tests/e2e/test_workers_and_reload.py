@@ -45,6 +45,21 @@ async def metric(admin_url: str, name: str, **labels: str) -> float:
     return total
 
 
+async def get_on_new_connections(url: str, paths: list[str], at_once: int = 40) -> None:
+    """GET each path, ``at_once`` at a time, each on a new connection: the kernel spreads new
+    connections over the workers, so every worker gets some."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as client:
+
+        async def get(path: str) -> None:
+            async with client.get(url + path) as response:
+                assert response.status == 200
+                await response.read()
+
+        for start in range(0, len(paths), at_once):
+            await asyncio.gather(*(get(path) for path in paths[start : start + at_once]))
+
+
 async def admin_get(proxy: ProxyProcess, path: str) -> tuple[int, bytes]:
     async with aiohttp.ClientSession() as session, session.get(proxy.admin_url + path) as r:
         return r.status, await r.read()
@@ -74,16 +89,7 @@ async def test_two_workers_share_the_port_the_log_and_the_metrics(
     proxy = await start_proxy(primary.url, candidate.url, args=("--workers", "2"))
     assert proxy.count("worker_listening") == 2  # each said before the supervisor's 'listening'
     total = 400
-    connector = aiohttp.TCPConnector(force_close=True)  # new connections reach both workers
-    async with aiohttp.ClientSession(connector=connector) as client:
-
-        async def one(i: int) -> None:
-            async with client.get(f"{proxy.url}/things/{i}") as response:
-                assert response.status == 200
-                await response.read()
-
-        for start in range(0, total, 40):
-            await asyncio.gather(*(one(i) for i in range(start, start + 40)))
+    await get_on_new_connections(proxy.url, [f"/things/{i}" for i in range(total)])
     records = await proxy.wait_records(total)
     assert len(records) == total  # every line whole and parseable (lines() would raise)
     assert {r["outcome"] for r in records} == {"mismatch"}
@@ -469,15 +475,7 @@ async def test_workers_logging_to_standard_output_pass_whole_lines_and_feed_the_
         lambda: asyncio.StreamReaderProtocol(lines), os.fdopen(read_end, "rb")
     )
     total = 60
-    connector = aiohttp.TCPConnector(force_close=True)  # new connections reach both workers
-    async with aiohttp.ClientSession(connector=connector) as client:
-
-        async def get(i: int) -> None:
-            async with client.get(f"{proxy.url}/rows/{i}") as response:
-                assert response.status == 200
-                await response.read()
-
-        await asyncio.gather(*(get(i) for i in range(total)))
+    await get_on_new_connections(proxy.url, [f"/rows/{i}" for i in range(total)])
     records = [orjson.loads(await lines.readline()) for _ in range(total)]  # whole lines
     assert {r["event"] for r in records} == {"exchange"}
     assert len({r["id"] for r in records}) == total
