@@ -40,6 +40,7 @@ from shadowproxy.config import DEFAULT_REDACT_QUERY, CaptureConfig
 from shadowproxy.endpoints import EndpointPattern, endpoint_of
 from shadowproxy.exchange import Headers
 from shadowproxy.har import MIN_WEIGHT, Captured, CaptureInputError, ReadCounts, build_entry, export
+from shadowproxy.oplog import ThrottledCount
 from shadowproxy.record import QueryRedactor
 from shadowproxy.redact import Redactor
 
@@ -47,8 +48,6 @@ WRITE_BYTES = 1 << 20
 """Lines are written in batches of about this size."""
 WAKE_BYTES = 256 * 1024
 """The writer is woken before its interval ends once this much waits."""
-LOSS_REPORT_INTERVAL = 60.0
-"""Dropped and lost exchanges are reported at most this often in the operational log."""
 
 
 def worker_path(path: str, worker: int | None) -> str:
@@ -183,8 +182,7 @@ class CaptureSink:
         self.dropped = 0
         self.lost = 0
         self.rotations = 0
-        self._reported_at = 0.0
-        self._unreported_dropped = 0
+        self._drops = ThrottledCount(self._say_dropped)
 
     # --- on the event loop ------------------------------------------------------------------
 
@@ -240,18 +238,13 @@ class CaptureSink:
 
     def _drop(self) -> None:
         self.dropped += 1
-        self._unreported_dropped += 1
         if self._on_result is not None:
             self._on_result("dropped", 1)
-        now = time.monotonic()
-        if self._oplog is not None and now - self._reported_at >= LOSS_REPORT_INTERVAL:
-            self._oplog.warning(
-                "capture_dropped",
-                exchanges=self._unreported_dropped,
-                detail="the capture buffer is full (capture.max_buffer_bytes)",
-            )
-            self._reported_at = now
-            self._unreported_dropped = 0
+        self._drops.add(1, "the capture buffer is full (capture.max_buffer_bytes)")
+
+    def _say_dropped(self, exchanges: int, reason: str) -> None:
+        if self._oplog is not None:
+            self._oplog.warning("capture_dropped", exchanges=exchanges, detail=reason)
 
     @property
     def pending_bytes(self) -> int:

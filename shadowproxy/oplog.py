@@ -9,6 +9,8 @@ import atexit
 import logging
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -18,6 +20,8 @@ from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
 
 # Lines waiting for a standard error whose reader is behind; beyond it they are dropped.
 MAX_BUFFER_BYTES = 1024 * 1024
+# A recurring loss (records, exchanges) is said at most this often.
+LOSS_REPORT_INTERVAL = 60.0
 # Seconds an exiting process gives that reader to take the lines still waiting.
 DRAIN_TIMEOUT = 2.0
 
@@ -71,6 +75,32 @@ class _StandardError:
             logsafe.dumps({"event": "log_lines_dropped", "level": "error", "lines": self.dropped})
             + b"\n"
         )
+
+
+class ThrottledCount:
+    """A count said through ``say(count, reason)`` at most once per ``interval`` seconds: what
+    comes in between is added to the next line, or said by `flush`. The first is said at
+    once."""
+
+    def __init__(
+        self, say: Callable[[int, str], object], interval: float = LOSS_REPORT_INTERVAL
+    ) -> None:
+        self._say = say
+        self._interval = interval
+        self._unsaid = 0
+        self._said_at: float | None = None
+
+    def add(self, count: int, reason: str) -> None:
+        self._unsaid += count
+        if self._said_at is None or time.monotonic() - self._said_at >= self._interval:
+            self.flush(reason)
+
+    def flush(self, reason: str) -> None:
+        """Say what is still unsaid, now."""
+        if self._unsaid:
+            self._say(self._unsaid, reason)
+            self._unsaid = 0
+            self._said_at = time.monotonic()
 
 
 _stderr: _StandardError | None = None

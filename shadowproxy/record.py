@@ -29,6 +29,7 @@ from shadowproxy.compare.model import Comparison, Difference, Where
 from shadowproxy.config import DEFAULT_REDACT_QUERY, SECRET_HEADERS, LogConfig
 from shadowproxy.exchange import Exchange, Failure, Outcome, Response
 from shadowproxy.headers import REDACTED
+from shadowproxy.oplog import LOSS_REPORT_INTERVAL, ThrottledCount
 from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
 from shadowproxy.redact import Redactor
 
@@ -36,8 +37,6 @@ EXCHANGE_EVENT = "exchange"
 _ORDERED_HEAD = ("ts", "event")
 # A batch is written once it reaches this size even before the flush interval ends.
 FLUSH_BYTES = 256 * 1024
-# Lost records are reported at most this often in the operational log.
-LOSS_REPORT_INTERVAL = 60.0
 # A log file that cannot be opened (its directory gone, no permission) is tried again this often.
 REOPEN_INTERVAL = 1.0
 # Seconds a closing log gives a pipe's reader to take the lines still waiting for it.
@@ -213,8 +212,7 @@ class LogWriter:
         """Said once in the operational log; the hook is tried again at every flush."""
         self._oplog = oplog
         self.lost = 0
-        self._lost_reported_at = 0.0
-        self._lost_unreported = 0
+        self._losses = ThrottledCount(self._say_lost)
         self.logger = structlog.wrap_logger(
             _LineSink(self),
             processors=[_timestamp, _ordered, structlog.processors.JSONRenderer(logsafe.dumps)],
@@ -409,16 +407,13 @@ class LogWriter:
 
     def _count_lost(self, records: int, reason: str) -> None:
         self.lost += records
-        self._lost_unreported += records
         if self._on_lost is not None:
             self._on_lost(records)
-        now = time.monotonic()
-        if self._oplog is not None and now - self._lost_reported_at >= LOSS_REPORT_INTERVAL:
-            self._oplog.error(
-                "log_records_lost", path=self._path, records=self._lost_unreported, reason=reason
-            )
-            self._lost_reported_at = now
-            self._lost_unreported = 0
+        self._losses.add(records, reason)
+
+    def _say_lost(self, records: int, reason: str) -> None:
+        if self._oplog is not None:
+            self._oplog.error("log_records_lost", path=self._path, records=records, reason=reason)
 
     async def _flush_periodically(self) -> None:
         while True:

@@ -17,10 +17,9 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.oplog import ThrottledCount
 from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
 
-# Lost lines are said at most this often in the operational log.
-LOSS_REPORT_INTERVAL = 60.0
 # A line still without its end past this size is dropped: memory stays bounded.
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
@@ -49,8 +48,7 @@ class LineRelay:
         )
         self._ends: set[asyncio.Future[None]] = set()
         self.lost = 0
-        self._unreported = 0
-        self._reported_at = 0.0
+        self._losses = ThrottledCount(self._say_lost)
 
     def configure(self, max_bytes: int) -> None:
         """A reload's ``log.max_buffer_bytes``."""
@@ -97,23 +95,16 @@ class LineRelay:
         if self._background is not None:
             left = max(0.0, deadline - time.monotonic())
             await asyncio.to_thread(self._background.close, left)
-        if self._unreported:
-            self._report("at shutdown")
+        self._losses.flush("at shutdown")
 
     def count_lost(self, lines: int, reason: str) -> None:
         self.lost += lines
         if self._on_lost is not None:
             self._on_lost(lines)
-        self._unreported += lines
-        if time.monotonic() - self._reported_at >= LOSS_REPORT_INTERVAL:
-            self._report(reason)
+        self._losses.add(lines, reason)
 
-    def _report(self, reason: str) -> None:
-        self._log.error(
-            "log_records_lost", path="-", records=self._unreported, reason=reason, by="supervisor"
-        )
-        self._reported_at = time.monotonic()
-        self._unreported = 0
+    def _say_lost(self, lines: int, reason: str) -> None:
+        self._log.error("log_records_lost", path="-", records=lines, reason=reason, by="supervisor")
 
 
 class _Lines(asyncio.Protocol):

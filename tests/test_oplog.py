@@ -42,3 +42,25 @@ def test_lines_beyond_the_buffer_are_dropped_then_counted_in_a_line_of_their_own
     assert events[-2]["event"] == "log_lines_dropped"  # said before the next line
     assert events[-1] == {"event": "after"}
     os.close(read_end)
+
+
+def test_a_throttled_count_says_the_first_at_once_then_sums_until_the_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1.0]  # just after boot: the clock may start near zero
+    monkeypatch.setattr(oplog.time, "monotonic", lambda: now[0])
+    said: list[tuple[int, str]] = []
+    count = oplog.ThrottledCount(lambda n, reason: said.append((n, reason)), interval=60)
+    count.add(2, "disk full")
+    count.add(3, "disk full")
+    now[0] += 30
+    count.add(1, "disk full")
+    assert said == [(2, "disk full")]
+    now[0] += 31
+    count.add(1, "reader behind")
+    assert said == [(2, "disk full"), (5, "reader behind")]
+    count.add(4, "reader behind")
+    count.flush("at shutdown")
+    count.flush("at shutdown")  # nothing left: nothing said
+    assert said[-1] == (4, "at shutdown")
+    assert len(said) == 3
