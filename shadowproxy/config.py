@@ -339,6 +339,12 @@ def _tolerance(value: Any) -> Any:
         return {"relative": float(value.strip()[:-1]) / 100}
     if isinstance(value, int | float) and not isinstance(value, bool):
         return {"absolute": float(value)}
+    if isinstance(value, str):
+        # YAML 1.1 reads an exponent without a dot (``1e-9``) as a string.
+        try:
+            return {"absolute": float(value)}
+        except ValueError:
+            pass
     return value
 
 
@@ -354,12 +360,6 @@ class Tolerance(Model):
         return value
 
 
-class Unordered(Model):
-    path: str
-    key: str | None = None
-    """Match array elements by this member (``/items`` by ``id``) instead of by position."""
-
-
 def _unordered(value: Any) -> Any:
     return {"path": value} if isinstance(value, str) else value
 
@@ -367,10 +367,18 @@ def _unordered(value: Any) -> Any:
 def _pointer_pattern(value: str) -> str:
     if value != "" and not value.startswith("/"):
         raise ValueError(f'JSON Pointer pattern "{value}" must start with "/"')
+    if re.search("~(?![01])", value):
+        raise ValueError(f'JSON Pointer pattern "{value}": "~" must be written "~0" ("/" is "~1")')
     return value
 
 
 PointerPattern = Annotated[str, AfterValidator(_pointer_pattern)]
+
+
+class Unordered(Model):
+    path: PointerPattern
+    key: str | None = None
+    """Match array elements by this member (``/items`` by ``id``) instead of by position."""
 
 
 class DiffRules(Model):
@@ -828,6 +836,8 @@ def _message(error: Any) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
+    if message[1:2].isupper():
+        return message  # an acronym ("JSON Pointer ...") keeps its case
     return message[:1].lower() + message[1:]
 
 

@@ -58,11 +58,28 @@ def test_missing_required_key() -> None:
         ({"mirror": {"max_in_flight": 0}}, "mirror.max_in_flight:"),
         ({"mirror": {"max_body_bytes": "lots"}}, "mirror.max_body_bytes: must be a number"),
         ({"candidate": {"url": "http://127.0.0.1:1"}}, "candidate.url: must differ"),
+        (
+            {"diff": {"endpoints": [{"match": "GET /users/{id}", "unordered": ["roles"]}]}},
+            'diff.endpoints[0].unordered[0].path: JSON Pointer pattern "roles" must start',
+        ),
+        ({"diff": {"ignore": ["/a~2b"]}}, 'diff.ignore[0]: JSON Pointer pattern "/a~2b": "~"'),
     ],
 )
 def test_bad_values_name_their_key(data: dict[str, object], expected: str) -> None:
     merged = {**MINIMAL, **data}
     assert expected in error_of(merged)
+
+
+def test_tolerance_written_as_yaml_reads_it(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-9`` (no dot) as a string; it is still an absolute tolerance."""
+    base = "primary: {url: http://a}\ncandidate: {url: http://b}\n"
+    for text, absolute, relative in (("1e-9", 1e-9, 0.0), ("0.5", 0.5, 0.0), ('"2%"', 0.0, 0.02)):
+        config = load_config(write(tmp_path, f"{base}diff: {{tolerance: {text}}}\n"))
+        assert config.diff.tolerance is not None
+        assert (config.diff.tolerance.absolute, config.diff.tolerance.relative) == (
+            absolute,
+            relative,
+        )
 
 
 def test_sizes_accept_units() -> None:

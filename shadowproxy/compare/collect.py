@@ -19,7 +19,9 @@ def brief(value: Any) -> Any:
     """The value as recorded: itself when small, otherwise a bounded stand-in."""
     if type(value) is int:
         # Valid JSON beyond 64 bits is recorded as its digits: the log (orjson) stops there.
-        return scrubbed(value)
+        value = scrubbed(value)
+        if type(value) is int:
+            return value
     if type(value) is str:
         value = loggable(value)
         if len(value) > MAX_VALUE_CHARS:

@@ -12,7 +12,7 @@ from shadowproxy.compare import decode, media
 from shadowproxy.compare.binary import compare_binary, compare_truncated
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.form import compare_form
-from shadowproxy.compare.headers import compare_headers, header_value
+from shadowproxy.compare.headers import compare_headers, header_value, list_value
 from shadowproxy.compare.json_diff import diff_json
 from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.media import BodyKind
@@ -26,7 +26,7 @@ def decoded_body(
     response: Response, side: str, rules: CompiledRules, out: Collector
 ) -> bytes | None:
     """The body without its content-coding; None, with a note, when it cannot be decoded."""
-    applied = decode.codings(header_value(response.headers, "content-encoding"))
+    applied = decode.codings(list_value(response.headers, "content-encoding"))
     if not applied:
         return response.body
     try:

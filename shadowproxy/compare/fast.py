@@ -18,7 +18,7 @@ from typing import Any
 from shadowproxy.compare import decode, media
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.engine import compare_bodies, compare_head, content_type, result
-from shadowproxy.compare.headers import header_value
+from shadowproxy.compare.headers import list_value
 from shadowproxy.compare.json_diff import canonical_equal
 from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.media import BodyKind
@@ -57,7 +57,7 @@ def _body_kind(primary: Response, candidate: Response) -> BodyKind:
 
 
 def _small_decoded(response: Response) -> bytes | None:
-    applied = decode.codings(header_value(response.headers, "content-encoding"))
+    applied = decode.codings(list_value(response.headers, "content-encoding"))
     if not applied:
         return response.body if len(response.body) <= INLINE_MAX_BYTES else None
     if len(response.body) > INLINE_MAX_BYTES:
@@ -70,9 +70,9 @@ def _small_decoded(response: Response) -> bytes | None:
 
 def _bodies(primary: Response, candidate: Response) -> tuple[_Bodies, tuple[Any, Any] | None]:
     """How the bodies compare at a glance, and both as parsed JSON when they were parsed."""
-    if primary.body == candidate.body and header_value(
+    if primary.body == candidate.body and list_value(
         primary.headers, "content-encoding"
-    ) == header_value(candidate.headers, "content-encoding"):
+    ) == list_value(candidate.headers, "content-encoding"):
         return _Bodies.EQUAL, None
     body_p, body_c = _small_decoded(primary), _small_decoded(candidate)
     if body_p is None or body_c is None:

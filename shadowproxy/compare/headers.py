@@ -52,6 +52,14 @@ def header_value(headers: Headers, lowered: str) -> str | None:
     return None
 
 
+def list_value(headers: Headers, lowered: str) -> str | None:
+    """A list-based header's lines joined into one value, as RFC 9110 (5.3) allows:
+    ``Content-Encoding: gzip`` then ``Content-Encoding: br`` means ``gzip, br``."""
+    size = len(lowered)
+    values = [v for n, v in headers if len(n) == size and n.lower() == lowered]
+    return ", ".join(values) if values else None
+
+
 def _normal(name: str, value: str) -> str:
     if name in CASE_INSENSITIVE_HEADERS:
         return "".join(value.split()).lower()

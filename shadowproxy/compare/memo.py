@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shadowproxy.compare.collect import Collector
-from shadowproxy.compare.headers import header_value
+from shadowproxy.compare.headers import header_value, list_value
 from shadowproxy.compare.model import Difference
 from shadowproxy.compare.rules import CompiledRules
 from shadowproxy.exchange import Response
@@ -110,8 +110,8 @@ class BodyMemo:
             id(rules),
             header_value(primary.headers, "content-type")
             or header_value(candidate.headers, "content-type"),
-            header_value(primary.headers, "content-encoding"),
-            header_value(candidate.headers, "content-encoding"),
+            list_value(primary.headers, "content-encoding"),
+            list_value(candidate.headers, "content-encoding"),
             len(body_p),  # where one body ends and the other begins
             digest.digest(),
         )

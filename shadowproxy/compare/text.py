@@ -40,8 +40,12 @@ def _renumber(line: str, offset: int) -> str:
 def excerpt(lines_a: list[str], lines_b: list[str], first: int) -> str:
     """A unified diff of the region around the first difference, bounded in lines and chars."""
     low = max(0, first - CONTEXT_LINES)
-    window_a = lines_a[low : first + DIFF_WINDOW_LINES]
-    window_b = lines_b[low : first + DIFF_WINDOW_LINES]
+    # The longer side's window is longer by the difference in length, so that lines only
+    # inserted (or removed) near the top do not push the window's far end out of step and show
+    # the lines past it as removed.
+    grow = len(lines_b) - len(lines_a)
+    window_a = lines_a[low : first + DIFF_WINDOW_LINES + max(0, -grow)]
+    window_b = lines_b[low : first + DIFF_WINDOW_LINES + max(0, grow)]
     diff = difflib.unified_diff(
         window_a, window_b, "primary", "candidate", lineterm="", n=CONTEXT_LINES
     )
@@ -59,13 +63,30 @@ def excerpt(lines_a: list[str], lines_b: list[str], first: int) -> str:
     return "\n".join(kept)
 
 
+def _newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # a final newline ends the last line; it does not start another
+    return lines
+
+
 def compare_text(primary: str, candidate: str, out: Collector) -> str | None:
     """One difference at path "" when any line differs; returns the excerpt, if any."""
     if primary == candidate:
         return None
-    lines_a, lines_b = primary.splitlines(), candidate.splitlines()
-    if lines_a == lines_b:
+    # Lines end at CR, LF or CRLF only: str.splitlines would also split at form feeds,
+    # separators and U+2028, which are content.
+    normal_a, normal_b = _newlines(primary), _newlines(candidate)
+    if normal_a == normal_b:
         out.note("line_endings_differ")
+        return None
+    lines_a, lines_b = _lines(normal_a), _lines(normal_b)
+    if lines_a == lines_b:
+        out.note("final_newline_differs")
         return None
     first = next(
         (i for i, (a, b) in enumerate(zip(lines_a, lines_b, strict=False)) if a != b),

@@ -86,6 +86,34 @@ def test_line_endings_alone_are_noted_not_counted() -> None:
     assert result.notes == ("line_endings_differ",)
 
 
+def test_a_missing_final_newline_is_noted_not_counted() -> None:
+    result = compare(response("a\nb\n", "text/plain"), response("a\nb", "text/plain"), rules())
+    assert result.matched
+    assert result.notes == ("final_newline_differs",)
+
+
+@pytest.mark.parametrize("separator", ["\x1c", "\x0c", "\u2028", "\x85"])
+def test_only_cr_and_lf_end_lines(separator: str) -> None:
+    """Form feeds, separators and U+2028 are content: replacing one by a newline is a change."""
+    result = compare(
+        response(f"a{separator}b", "text/plain"), response("a\nb", "text/plain"), rules()
+    )
+    assert not result.matched
+
+
+def test_excerpt_after_inserted_lines_shows_only_the_insertion() -> None:
+    lines = [f"line {i}" for i in range(1000)]
+    inserted = lines[:10] + [f"new {i}" for i in range(10)] + lines[10:]
+    result = compare(
+        response("\n".join(lines), "text/plain"),
+        response("\n".join(inserted), "text/plain"),
+        rules(),
+    )
+    assert result.excerpt is not None
+    changed = [line for line in result.excerpt.splitlines()[2:] if line[:1] in "+-"]
+    assert changed == [f"+new {i}" for i in range(10)]
+
+
 def test_text_charset_is_honoured() -> None:
     a = response("caf\u00e9".encode("latin-1"), "text/plain; charset=ISO-8859-1")
     b = response("cafe".encode("latin-1"), "text/plain; charset=ISO-8859-1")
@@ -152,6 +180,10 @@ def test_raw_deflate_and_stacked_codings() -> None:
     assert compare(response(DOC), response(_raw_deflate(DOC), encoding="deflate"), rules()).matched
     stacked = brotli.compress(gzip.compress(DOC))
     assert compare(response(DOC), response(stacked, encoding="gzip, br"), rules()).matched
+    # The same codings on two header lines mean the same thing (RFC 9110, 5.3).
+    lines = (("Content-Encoding", "gzip"), ("Content-Encoding", "br"))
+    assert compare(response(DOC), response(stacked, headers=lines), rules()).matched
+    assert quick_compare(response(DOC), response(stacked, headers=lines), rules()).matched
     assert compare(response(DOC), response(DOC, encoding="identity"), rules()).matched
 
 

@@ -202,10 +202,20 @@ def test_large_unordered_arrays_are_linear() -> None:
         ("0.1%", 1000, 1001, True),  # integers too
         (0.5, 10, 10.2, False),  # int became float: a type change whatever the tolerance
         ({"absolute": 0.01, "relative": 0.5}, 0.0, 0.005, True),
+        # Integers are compared exactly: through floats, ids beyond 2**53 meet their neighbours.
+        (1e-9, 1234567890123456789, 1234567890123456788, False),
+        (1, 1234567890123456789, 1234567890123456788, True),
     ],
 )
 def test_numeric_tolerance(tolerance: object, a: float, b: float, equal: bool) -> None:
     assert diff({"n": a}, {"n": b}, tolerance=tolerance).matched is equal
+
+
+@pytest.mark.parametrize(("b", "equal"), [(b"1001" + b"0" * 397, True), (b"2" + b"0" * 400, False)])
+def test_tolerance_on_integers_beyond_a_double(b: bytes, equal: bool) -> None:
+    a = b"1" + b"0" * 400
+    result = compare(response(b'{"n": %s}' % a), response(b'{"n": %s}' % b), rules(tolerance="1%"))
+    assert result.matched is equal
 
 
 def test_tolerance_never_applies_to_booleans() -> None:
