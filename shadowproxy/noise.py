@@ -28,6 +28,12 @@ Decisions:
   typical paths, more for paths near ``MAX_PATH_CHARS``.
 - A place counts once per exchange however often it differs there (``/items/0/ts`` and
   ``/items/1/ts`` are one place, ``/items/*/ts``), as in the report.
+- A place includes the kind of difference: a secondary whose ``/ts`` changes makes the
+  candidate's changed ``/ts`` noise, never a ``/ts`` it dropped (``removed``) or turned into a
+  string (``type``).
+- A secondary that answers with another status than the primary's (a 503 while the primary
+  said 200) gives no evidence: its body differs everywhere, and counting it would make every
+  place of the candidate's noise while the secondary is down.
 - Only listed differences can be classed: a comparison keeps the first ``diff.max_differences``
   and counts the rest, and ``without_noise`` counts those unlisted ones as real.
 - A text or binary body differs at the place "" (the whole body): when the secondary's body
@@ -65,8 +71,9 @@ from typing import Any
 
 import orjson
 
-from shadowproxy.compare.model import Comparison, Difference, Where
+from shadowproxy.compare.model import Comparison, Difference, Kind, Where
 from shadowproxy.config import Config, NoiseConfig
+from shadowproxy.exchange import Failure, Response
 from shadowproxy.report.aggregate import generalise_path
 
 __all__ = [
@@ -75,6 +82,7 @@ __all__ = [
     "NoiseStateError",
     "PlaceCounts",
     "generalise",
+    "gives_evidence",
     "state_file",
     "without_noise",
     "write_state",
@@ -83,7 +91,8 @@ __all__ = [
 MAX_PATH_CHARS = 512
 """Longer places are not tracked (their differences stay real) rather than cut and merged."""
 STATE_FORMAT = "shadowproxy-noise"
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""Version 1 kept no kind per place; its places are read as ``changed``."""
 
 generalise = generalise_path
 """``/items/3/price`` -> ``/items/*/price``: every all-digit segment becomes ``*``.
@@ -91,8 +100,8 @@ generalise = generalise_path
 A JSON Pointer cannot tell an array index from an all-digit object key, so both are
 generalised; the report groups paths the same way (it is the same function)."""
 
-Place = tuple[str, str]
-"""(where, path): the path generalised for body places, the header name for headers."""
+Place = tuple[str, str, str]
+"""(where, path, kind): the path generalised for body places, the header name for headers."""
 
 
 class NoiseStateError(Exception):
@@ -116,15 +125,20 @@ class _Endpoint:
         self.places: dict[Place, PlaceCounts] = {}
 
 
-def _key(where: Where, path: str) -> Place:
-    return (where, generalise_path(path) if where is Where.BODY else path)
+def _key(where: Where, path: str, kind: Kind) -> Place:
+    return (where, generalise_path(path) if where is Where.BODY else path, kind)
 
 
 def _place(difference: Difference) -> Place:
     where = difference.where
     if where is Where.BODY:
-        return (where, generalise_path(difference.path))
-    return (where, difference.path)
+        return (where, generalise_path(difference.path), difference.kind)
+    return (where, difference.path, difference.kind)
+
+
+def gives_evidence(primary: Response, secondary: Response | Failure | None) -> bool:
+    """Whether the secondary's answer can tell noise: it answered, with the primary's status."""
+    return isinstance(secondary, Response) and secondary.status == primary.status
 
 
 def _places(differences: Iterable[Difference]) -> set[Place]:
@@ -301,36 +315,38 @@ class NoiseModel:
         )
         return not clearly_more
 
-    def is_noise(self, endpoint: str, where: Where, path: str) -> bool:
+    def is_noise(self, endpoint: str, where: Where, path: str, kind: Kind = Kind.CHANGED) -> bool:
         """Whether a candidate difference at this place would be classed as noise now."""
         stats = self._endpoints.get(endpoint)
         if stats is None:
             return False
-        counts = stats.places.get(_key(where, path))
+        counts = stats.places.get(_key(where, path, kind))
         return counts is not None and self._noisy(counts, stats.requests)
 
     # --- reading the counts -----------------------------------------------------------------
 
-    def counts(self, endpoint: str, where: Where, path: str) -> PlaceCounts | None:
+    def counts(
+        self, endpoint: str, where: Where, path: str, kind: Kind = Kind.CHANGED
+    ) -> PlaceCounts | None:
         """R and N at a place (``path`` raw or generalised), None when not tracked."""
         stats = self._endpoints.get(endpoint)
         if stats is None:
             return None
-        return stats.places.get(_key(where, path))
+        return stats.places.get(_key(where, path, kind))
 
     def requests(self, endpoint: str) -> int:
         """T: compared exchanges of the endpoint (0 when not tracked)."""
         stats = self._endpoints.get(endpoint)
         return 0 if stats is None else stats.requests
 
-    def noisy_places(self, endpoint: str) -> list[tuple[Where, str, PlaceCounts]]:
+    def noisy_places(self, endpoint: str) -> list[tuple[Where, str, Kind, PlaceCounts]]:
         """The places of an endpoint where candidate differences are noise now."""
         stats = self._endpoints.get(endpoint)
         if stats is None:
             return []
         return [
-            (Where(where), path, counts)
-            for (where, path), counts in stats.places.items()
+            (Where(where), path, Kind(kind), counts)
+            for (where, path, kind), counts in stats.places.items()
             if self._noisy(counts, stats.requests)
         ]
 
@@ -399,8 +415,9 @@ class NoiseModel:
     def _restore(self, document: Any) -> None:
         if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
             raise ValueError(f'"format" must be "{STATE_FORMAT}"')
-        if document.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported version {document.get('version')!r}")
+        version = document.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"unsupported version {version!r}")
         endpoints = document["endpoints"]
         if not isinstance(endpoints, dict):
             raise TypeError('"endpoints" must be an object')
@@ -416,12 +433,14 @@ class NoiseModel:
                 stats = self._endpoints[name] = _Endpoint()
             stats.requests += requests
             for item in places:
-                if not (isinstance(item, list) and len(item) == 4):
-                    raise TypeError(f"endpoint {name!r}: a place must be [where, path, R, N]")
-                where, place_path, raw, noise = item
+                if version == 1 and isinstance(item, list) and len(item) == 4:
+                    item = [*item[:2], Kind.CHANGED.value, *item[2:]]
+                if not (isinstance(item, list) and len(item) == 5):
+                    raise TypeError(f"endpoint {name!r}: a place must be [where, path, kind, R, N]")
+                where, place_path, kind, raw, noise = item
                 if not (isinstance(place_path, str) and _count(raw) and _count(noise)):
                     raise TypeError(f"endpoint {name!r}: bad place {item!r}")
-                counts = self._counts(stats, (Where(where), place_path))
+                counts = self._counts(stats, (Where(where), place_path, Kind(kind)))
                 if counts is not None:
                     counts.raw += raw
                     counts.noise += noise
@@ -437,8 +456,8 @@ def _encode(frozen: list[tuple[str, int, dict[Place, PlaceCounts]]]) -> bytes:
                 name: {
                     "requests": requests,
                     "places": [
-                        (where, path, counts.raw, counts.noise)
-                        for (where, path), counts in places.items()
+                        (where, path, kind, counts.raw, counts.noise)
+                        for (where, path, kind), counts in places.items()
                     ],
                 }
                 for name, requests, places in frozen

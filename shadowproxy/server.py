@@ -28,12 +28,12 @@ from shadowproxy.config import (
     load_config,
     parse_config_text,
 )
-from shadowproxy.exchange import Exchange, Response
+from shadowproxy.exchange import Exchange
 from shadowproxy.forward import PrimaryPath
 from shadowproxy.guard import GuardedServer
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher
-from shadowproxy.noise import NoiseFilter
+from shadowproxy.noise import NoiseFilter, gives_evidence
 from shadowproxy.pool import Timing
 from shadowproxy.record import LogWriter, QueryRedactor, build_record, outcome_of
 from shadowproxy.redact import Redactor
@@ -278,7 +278,7 @@ class Proxy:
             exchange.endpoint,
             comparison,
             secondary_comparison,
-            secondary_answered=isinstance(exchange.secondary, Response),
+            secondary_answered=gives_evidence(exchange.primary, exchange.secondary),
         )
         record = build_record(
             exchange, comparison, noise=noise, redactor=self.redactor, query=self.query_redactor

@@ -10,11 +10,13 @@ import pytest
 
 from shadowproxy.compare.model import Comparison, Difference, Kind, Where
 from shadowproxy.config import ConfigError, NoiseConfig, parse_config
+from shadowproxy.exchange import Failure, FailureKind, Response
 from shadowproxy.noise import (
     MAX_PATH_CHARS,
     NoiseModel,
     NoiseStateError,
     generalise,
+    gives_evidence,
     state_file,
     without_noise,
     write_state,
@@ -159,6 +161,34 @@ def test_a_failed_secondary_keeps_every_difference_real() -> None:
     assert (counts.raw, counts.noise, model.requests(EP)) == (1, 1, 2)
 
 
+def test_noise_covers_only_differences_of_its_kind() -> None:
+    """A secondary whose /ts changes does not hide a candidate that drops /ts."""
+    model = NoiseModel()
+    model.classify(EP, [], [body("/ts")])
+    removed = Difference(Where.BODY, "/ts", Kind.REMOVED, 1, None)
+    retyped = Difference(Where.BODY, "/ts", Kind.TYPE, 1, "1")
+    real, noise = model.classify(EP, [body("/ts"), removed, retyped], [body("/ts")])
+    assert noise == [body("/ts")]
+    assert real == [removed, retyped]
+
+
+@pytest.mark.parametrize(
+    ("primary_status", "secondary", "evidence"),
+    [
+        (200, Response(200, (), b"", 0, 1.0), True),
+        (200, Response(503, (), b"", 0, 1.0), False),
+        (404, Response(200, (), b"", 0, 1.0), False),
+        (200, Failure(FailureKind.TIMEOUT, "slow", 1.0), False),
+        (200, None, False),
+    ],
+)
+def test_only_a_secondary_with_the_primarys_status_gives_evidence(
+    primary_status: int, secondary: Response | Failure | None, evidence: bool
+) -> None:
+    primary = Response(primary_status, (), b"", 0, 1.0)
+    assert gives_evidence(primary, secondary) is evidence
+
+
 def test_without_a_secondary_nothing_is_learned_as_noise() -> None:
     model = NoiseModel()
     for _ in range(10):
@@ -217,7 +247,7 @@ def test_thresholds_come_from_the_config_and_follow_a_reload() -> None:
 def test_noisy_places_lists_what_is_noise_now() -> None:
     model = NoiseModel()
     model.observe(EP, [body("/price")], [body("/items/3/ts"), header("x-trace-id")])
-    places = {(where, path) for where, path, _ in model.noisy_places(EP)}
+    places = {(where, path) for where, path, _, _ in model.noisy_places(EP)}
     assert places == {(Where.BODY, "/items/*/ts"), (Where.HEADER, "x-trace-id")}
     assert model.noisy_places("GET /nothing") == []
 
@@ -297,9 +327,22 @@ def test_snapshot_is_plain_json(tmp_path: Path) -> None:
     document = orjson.loads(model.snapshot())
     assert document == {
         "format": "shadowproxy-noise",
-        "version": 1,
-        "endpoints": {EP: {"requests": 1, "places": [["body", "/a/*", 1, 1]]}},
+        "version": 2,
+        "endpoints": {EP: {"requests": 1, "places": [["body", "/a/*", "changed", 1, 1]]}},
     }
+
+
+def test_a_version_1_state_file_is_read_with_its_places_as_changed(tmp_path: Path) -> None:
+    path = tmp_path / "noise.json"
+    v1 = {"requests": 10, "places": [["body", "/ts", 3, 5]]}
+    path.write_bytes(
+        orjson.dumps({"format": "shadowproxy-noise", "version": 1, "endpoints": {EP: v1}})
+    )
+    loaded = NoiseModel.load(path)
+    counts = loaded.counts(EP, Where.BODY, "/ts", Kind.CHANGED)
+    assert counts is not None
+    assert (counts.raw, counts.noise) == (3, 5)
+    assert loaded.counts(EP, Where.BODY, "/ts", Kind.REMOVED) is None
 
 
 def test_load_applies_the_config_and_its_caps(tmp_path: Path) -> None:

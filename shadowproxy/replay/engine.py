@@ -31,7 +31,7 @@ from shadowproxy.endpoints import endpoint_of
 from shadowproxy.exchange import Exchange, Failure, FailureKind, RequestSnapshot, Response
 from shadowproxy.har import InvalidEntry, Item, ReadCounts, Recorded, parse_entry
 from shadowproxy.headers import HOP_BY_HOP, REDACTED, mirror_request_headers, new_request_id
-from shadowproxy.noise import NoiseModel, without_noise
+from shadowproxy.noise import NoiseModel, gives_evidence, without_noise
 from shadowproxy.pool import Pool, Timing
 from shadowproxy.record import build_record
 from shadowproxy.redact import Redactor
@@ -404,7 +404,8 @@ class Replayer:
         assert self._noise is not None
         assert self._comparer is not None
         secondary_diffs: Sequence[Difference] | None = None
-        if isinstance(secondary, Response):
+        if gives_evidence(primary, secondary):
+            assert isinstance(secondary, Response)
             against = await self._comparer.compare(endpoint, primary, secondary)
             if against is not None:
                 secondary_diffs = against.differences
