@@ -71,6 +71,29 @@ def _compare_json(
     return True
 
 
+def _text(body: bytes, encoding: str) -> str:
+    """Undecodable bytes stay distinct (lone surrogates, shown as ``\\xe9`` when recorded):
+    with "replace", caf\\xe9 and caf\\xe8 would both read caf\\ufffd and match."""
+    try:
+        return body.decode(encoding, "surrogateescape")
+    except UnicodeDecodeError:  # UTF-16 cut mid-unit: surrogateescape cannot stand in
+        return body.decode(encoding, "replace")
+
+
+def _utf8(body: bytes, response: Response) -> bytes:
+    """A JSON body in the charset its Content-Type declares (``charset=iso-8859-1``), as UTF-8;
+    as it is when it declares none, or UTF-8, or when it does not decode."""
+    if body.isascii():
+        return body  # UTF-16 and UTF-32 too are left to the parser, which detects them
+    name = media.charset(header_value(response.headers, "content-type"))
+    if name == media.DEFAULT_CHARSET:
+        return body
+    try:
+        return body.decode(name).encode()
+    except UnicodeError:
+        return body
+
+
 def compare_bodies(
     primary: Response,
     candidate: Response,
@@ -104,7 +127,7 @@ def compare_bodies(
         declared is BodyKind.JSON
         or declared is None
         or (media.looks_like_json(body_p) and media.looks_like_json(body_c))
-    ) and _compare_json(body_p, body_c, rules, out, parsed):
+    ) and _compare_json(_utf8(body_p, primary), _utf8(body_c, candidate), rules, out, parsed):
         return BodyKind.JSON, None
     if declared is BodyKind.JSON:
         out.note("json_invalid")
@@ -112,8 +135,7 @@ def compare_bodies(
         declared is None and media.is_text(body_p) and media.is_text(body_c)
     ):
         encoding = media.charset(declared_type)
-        text_p = body_p.decode(encoding, "replace")
-        text_c = body_c.decode(encoding, "replace")
+        text_p, text_c = _text(body_p, encoding), _text(body_c, encoding)
         return BodyKind.TEXT, compare_text(text_p, text_c, out)
     compare_binary(body_p, body_c, out)
     return BodyKind.BINARY, None

@@ -8,6 +8,7 @@ from typing import Any
 
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.model import Kind, Where
+from shadowproxy.logsafe import loggable
 
 SUMMARY_CHARS = 120
 """Characters of the first differing line kept in a difference's summary."""
@@ -22,8 +23,19 @@ EXCERPT_LINE_CHARS = 200
 _HUNK = re.compile(r"^@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@")
 
 
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def shown(text: str) -> str:
+    """Text as logged: bytes the charset could not decode (kept as lone surrogates by
+    ``surrogateescape``) are written ``\\xe9``, so that two such lines differ in the log too."""
+    if text.isascii():
+        return text
+    return loggable(_ESCAPED_BYTE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text))
+
+
 def _summary(lines: list[str], index: int) -> dict[str, Any]:
-    text = lines[index][:SUMMARY_CHARS] if index < len(lines) else None
+    text = shown(lines[index][:SUMMARY_CHARS]) if index < len(lines) else None
     return {"line": index + 1, "text": text, "lines": len(lines)}
 
 
@@ -60,7 +72,7 @@ def excerpt(lines_a: list[str], lines_b: list[str], first: int) -> str:
             break
         kept.append(line)
         size += len(line) + 1
-    return "\n".join(kept)
+    return shown("\n".join(kept))
 
 
 def _newlines(text: str) -> str:

@@ -114,6 +114,47 @@ def test_excerpt_after_inserted_lines_shows_only_the_insertion() -> None:
     assert changed == [f"+new {i}" for i in range(10)]
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "media", "shown"),
+    [
+        (b"caf\xe9", b"caf\xe8", "text/plain", ("caf\\xe9", "caf\\xe8")),
+        (b"\xff\xfe", b"\xfe\xff", "text/html; charset=utf-8", ("\\xff\\xfe", "\\xfe\\xff")),
+    ],
+)
+def test_text_bytes_that_do_not_decode_stay_distinct(
+    a: bytes, b: bytes, media: str, shown: tuple[str, str]
+) -> None:
+    result = compare(response(a, media), response(b, media), rules())
+    (difference,) = result.differences
+    assert (difference.primary["text"], difference.candidate["text"]) == shown
+    assert result.excerpt is not None
+    assert f"-{shown[0]}\n+{shown[1]}" in result.excerpt
+
+
+def test_form_bytes_that_do_not_decode_stay_distinct() -> None:
+    result = compare(response("name=caf%E9", FORM), response("name=caf%E8", FORM), rules())
+    assert result.differences == (
+        Difference(Where.BODY, "/name", Kind.CHANGED, "caf\\xe9", "caf\\xe8"),
+    )
+    raw = compare(response(b"caf\xe9=1", FORM), response(b"caf\xff=1", FORM), rules())
+    assert paths(raw) == {("/caf\\xe9", "removed"), ("/caf\\xff", "added")}
+
+
+def test_json_in_its_declared_charset() -> None:
+    media = "application/json; charset=iso-8859-1"
+    a = '{"name": "café", "ts": 1}'.encode("latin-1")
+    assert compare(
+        response(a, media),
+        response('{"name": "café", "ts": 2}'.encode("latin-1"), media),
+        rules(ignore=["/ts"]),
+    ).matched
+    result = compare(
+        response(a, media), response('{"name": "cafè", "ts": 1}'.encode("latin-1"), media), rules()
+    )
+    assert result.body_kind == "json"
+    assert result.differences == (Difference(Where.BODY, "/name", Kind.CHANGED, "café", "cafè"),)
+
+
 def test_text_charset_is_honoured() -> None:
     a = response("caf\u00e9".encode("latin-1"), "text/plain; charset=ISO-8859-1")
     b = response("cafe".encode("latin-1"), "text/plain; charset=ISO-8859-1")
