@@ -35,7 +35,14 @@ from shadowproxy.headers import (
 )
 from shadowproxy.metrics import Metrics
 from shadowproxy.mirror import MirrorDispatcher, MirrorTicket
-from shadowproxy.pool import ConnectFailed, InvalidResponse, Pool, UpstreamError, UpstreamResponse
+from shadowproxy.pool import (
+    NO_BODY_STATUSES,
+    ConnectFailed,
+    InvalidResponse,
+    Pool,
+    UpstreamError,
+    UpstreamResponse,
+)
 from shadowproxy.record import QueryRedactor
 from shadowproxy.sampling import Sampler, SkipReason
 from shadowproxy.upstream import is_streaming, request_options, target_url
@@ -125,6 +132,17 @@ class _Snapshot:
             latency_ms=(time.perf_counter() - self._started) * 1000,
             truncated=True,
         )
+
+
+def _ends_with_close(request: web.BaseRequest, response: web.StreamResponse) -> bool:
+    """The client learns where the body ends only from the close: an HTTP/1.0 client, and an
+    answer with a body but no Content-Length (chunked is HTTP/1.1 only)."""
+    return (
+        request.version < HttpVersion11
+        and response.content_length is None
+        and request.method != "HEAD"
+        and response.status not in NO_BODY_STATUSES
+    )
 
 
 def error_response(status: int, error: str, detail: str, request_id: str) -> web.Response:
@@ -389,6 +407,10 @@ class PrimaryPath:
             reason=upstream.reason,
             headers=response_headers(upstream.headers),
         )
+        if _ends_with_close(request, response):
+            # aiohttp would leave such a connection open, and the client would wait for a
+            # close that never comes; closing it sends the same bytes.
+            response.force_close()
         if upstream.complete:
             # The whole body came with the headers, as most small answers do.
             return await self._answer_whole(

@@ -368,6 +368,46 @@ async def test_http10_client_gets_an_http10_answer(serve: Serve, make_proxy: Mak
     assert raw.endswith(b"\r\n\r\nok")
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "streamed"])
+async def test_http10_keep_alive_client_gets_a_close_after_a_body_of_unknown_length(
+    whole: bool, serve: Serve, make_proxy: MakeProxy
+) -> None:
+    """HTTP/1.0 has no chunked framing: the close is what ends such a body for the client."""
+    streamed = asyncio.Event()
+
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        if whole:  # the whole answer in one write: it arrives with its head
+            writer.write(head + b"0\r\n\r\n")
+        else:  # the rest once the client has the first piece: the answer streams
+            writer.write(head)
+            await streamed.wait()
+            writer.write(b"6\r\n world\r\n0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(chunked, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        proxy = await make_proxy(f"http://127.0.0.1:{port}", (await serve(ok)).url)
+        host, proxy_port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(proxy_port))
+        writer.write(b"GET /old HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        received = await reader.readuntil(b"hello")
+        streamed.set()
+        async with asyncio.timeout(5):  # else it waits for limits.idle_timeout (75 s)
+            received += await reader.read(-1)
+        writer.close()
+    finally:
+        server.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"content-length" not in head.lower()
+    assert body == (b"hello" if whole else b"hello world")
+
+
 async def test_request_header_bytes_that_are_not_utf8_reach_the_primary_exactly(
     serve_raw: Callable[[RawResponder], Awaitable[Backend]], serve: Serve, make_proxy: MakeProxy
 ) -> None:
