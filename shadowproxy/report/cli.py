@@ -7,10 +7,11 @@ enough data or a log that cannot be read. Errors are one line on stderr, never a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TextIO
 
 from rich.console import Console
 
@@ -140,7 +141,7 @@ def _summary(args: argparse.Namespace, command: str) -> Summary | None:
     try:
         aggregator = read_logs(args.logs, record_filter if record_filter.active else None)
     except ReportInputError as error:
-        print(f"shadowproxy {command}: error: {error}", file=sys.stderr)
+        _tell(f"shadowproxy {command}: error: {error}")
         return None
     _warn_skipped(aggregator, command)
     return summarise(
@@ -155,17 +156,34 @@ def _summary(args: argparse.Namespace, command: str) -> Summary | None:
 def _warn_skipped(aggregator: Aggregator, command: str) -> None:
     counts = aggregator.counts
     if counts.corrupted:
-        print(
+        _tell(
             f"shadowproxy {command}: warning: skipped {counts.corrupted:,} corrupted "
-            f"line(s) that are not JSON objects (first: {counts.first_corrupted})",
-            file=sys.stderr,
+            f"line(s) that are not JSON objects (first: {counts.first_corrupted})"
         )
     if counts.invalid:
-        print(
+        _tell(
             f"shadowproxy {command}: warning: skipped {counts.invalid:,} exchange record(s) "
-            "missing fields a report needs",
-            file=sys.stderr,
+            "missing fields a report needs"
         )
+
+
+def _silence(stream: TextIO) -> None:
+    """Point ``stream``'s descriptor at /dev/null once its reader has gone away, so that
+    Python's flush at exit does not fail again (and turn the exit status into 120)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
+def _tell(message: str) -> None:
+    """One line for the operator on stderr. When nobody reads stderr any more the line is
+    dropped: the exit status still speaks, and must not become the 0 of a broken pipe."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _silence(sys.stderr)
 
 
 def _write(out: IO[bytes], payload: bytes) -> None:
@@ -185,9 +203,9 @@ def run_report(args: argparse.Namespace) -> int:
         try:
             Path(args.html).write_bytes(page)
         except OSError as error:
-            print(f"shadowproxy report: error: {args.html}: {error.strerror}", file=sys.stderr)
+            _tell(f"shadowproxy report: error: {args.html}: {error.strerror}")
             return 2
-        print(f"shadowproxy report: wrote {args.html}", file=sys.stderr)
+        _tell(f"shadowproxy report: wrote {args.html}")
     if args.json:
         _write(sys.stdout.buffer, to_json(summary, indent=True) + b"\n")
     else:
@@ -199,17 +217,22 @@ def run_report(args: argparse.Namespace) -> int:
 def run_verdict(args: argparse.Namespace) -> int:
     bars = bars_of(args)
     if not bars.any:
-        print(f"shadowproxy verdict: error: {NO_BARS}", file=sys.stderr)
+        _tell(f"shadowproxy verdict: error: {NO_BARS}")
         return EXIT_INSUFFICIENT
     summary = _summary(args, "verdict")
     if summary is None:
         return EXIT_INSUFFICIENT
     verdict = evaluate(summary, bars)
-    if args.json:
-        _write(sys.stdout.buffer, verdict_json(verdict) + b"\n")
-    else:
-        sys.stdout.write(render_text(verdict))
-        sys.stdout.flush()
+    try:
+        if args.json:
+            _write(sys.stdout.buffer, verdict_json(verdict) + b"\n")
+        else:
+            sys.stdout.write(render_text(verdict))
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``, ``| true``): the verdict stands all the same, and
+        # a pipeline gating on the status must not read a failure as a pass.
+        _silence(sys.stdout)
     return verdict.exit_code
 
 

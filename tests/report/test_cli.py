@@ -204,3 +204,45 @@ def test_installed_console_script(healthy: Path, failing: Path) -> None:
         [str(script), "verdict", str(failing), *BARS], capture_output=True, timeout=50, env=env
     )
     assert verdict.returncode == 1, verdict.stderr
+
+
+def run_with_closed(stream: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The installed ``shadowproxy ARGS`` with ``stream`` (stdout or stderr) a pipe whose
+    reader has already gone, as in ``| true``; the other stream is captured."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    script = Path(sys.executable).with_name("shadowproxy")
+    closed = {stream: write_end}
+    try:
+        return subprocess.run(
+            [str(script), *args],
+            stdout=closed.get("stdout", subprocess.PIPE),
+            stderr=closed.get("stderr", subprocess.PIPE),
+            timeout=50,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("output", [[], ["--json"]])
+def test_verdict_status_survives_a_reader_that_went_away(
+    failing: Path, healthy: Path, output: list[str]
+) -> None:
+    failed = run_with_closed("stdout", "verdict", str(failing), *BARS, *output)
+    assert failed.returncode == 1
+    assert failed.stderr == b""  # no traceback, no "Exception ignored" at exit
+    too_few = run_with_closed("stdout", "verdict", str(healthy), *BARS, "--min-samples", "5000")
+    assert too_few.returncode == 2
+    passed = run_with_closed("stdout", "verdict", str(healthy), *BARS, *output)
+    assert passed.returncode == 0
+
+
+def test_verdict_status_survives_a_closed_stderr(write_log: WriteLog, failing: Path) -> None:
+    corrupt = write_log("corrupt.jsonl", [exchange_record()] * 3, extra_lines=[b"{broken\n"])
+    # The warning about the corrupt line cannot be written; the verdict still is.
+    failed = run_with_closed("stderr", "verdict", str(failing), str(corrupt), *BARS)
+    assert failed.returncode == 1
+    assert b"FAIL" in failed.stdout
+    missing = run_with_closed("stderr", "verdict", "/nonexistent/log.jsonl", *BARS)
+    assert missing.returncode == 2
