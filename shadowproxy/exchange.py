@@ -56,7 +56,8 @@ class Response:
     headers: Headers
     body: bytes
     size: int
-    """Bytes of body seen in all; larger than ``len(body)`` when the capture was cut."""
+    """Bytes of body in all; larger than ``len(body)`` when the capture was cut. A mirrored
+    body is not read past the cap: its Content-Length stands for its size."""
     latency_ms: float
     truncated: bool = False
 

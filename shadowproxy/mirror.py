@@ -52,7 +52,11 @@ BREAKER_STATUSES = frozenset({502, 503, 504})
 
 
 def candidate_healthy(result: Response | Failure) -> bool:
-    return isinstance(result, Response) and result.status not in BREAKER_STATUSES
+    if isinstance(result, Failure):
+        # A body too large to compare is an answer all the same, not a sign of a candidate
+        # that is down.
+        return result.kind is FailureKind.TOO_LARGE
+    return result.status not in BREAKER_STATUSES
 
 
 def common_prefix(primary: Response, candidate: Response) -> tuple[Response, Response]:

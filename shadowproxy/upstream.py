@@ -25,6 +25,7 @@ from shadowproxy.pool import (
     InvalidResponse,
     Pool,
     Timing,
+    UpstreamError,
     UpstreamResponse,
 )
 
@@ -157,8 +158,14 @@ def is_streaming(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() in STREAMING_TYPES
 
 
+class BodyTooLarge(UpstreamError):
+    """A mirrored answer's body of unknown length ran past the comparison cap: not read on."""
+
+
 def classify(error: BaseException) -> FailureKind:
     """Name a failure the way the log and the metrics do."""
+    if isinstance(error, BodyTooLarge):
+        return FailureKind.TOO_LARGE
     if isinstance(error, TimeoutError):
         return FailureKind.TIMEOUT
     if isinstance(error, ConnectFailed | aiohttp.ClientConnectorError | ConnectionRefusedError):
@@ -187,10 +194,10 @@ async def fetch(
     deadline: float,
     capture_bytes: int,
 ) -> Response | Failure:
-    """Send one mirrored request and read the whole answer within ``deadline`` seconds.
+    """Send one mirrored request and read the answer within ``deadline`` seconds.
 
-    The body is kept up to ``capture_bytes``; past that it is still read (so its size and a
-    runaway stream are seen) but not kept.
+    The body is kept up to ``capture_bytes`` and not read past it (see `_read_body`): the
+    connection is then closed, not reused.
     """
     started = time.perf_counter()
     ends_at = asyncio.get_running_loop().time() + deadline
@@ -222,7 +229,13 @@ async def fetch(
 
 
 async def _read_body(response: UpstreamResponse, capture_bytes: int) -> tuple[bytes, int, bool]:
-    """The body kept up to ``capture_bytes``, its whole size, and whether a stream was cut."""
+    """The body kept up to ``capture_bytes``, its whole size, and whether it was cut.
+
+    Nothing is read past ``capture_bytes``: such a body cannot be compared whole, and reading
+    it to its end let a candidate that floods its answer take the proxy's CPU. A stream is cut
+    there; a body with a Content-Length is cut with that as its size (so it still compares by
+    size and prefix with a primary's as large); any other raises `BodyTooLarge`.
+    """
     copy = BoundedCopy(capture_bytes)
     if is_streaming(response.header("Content-Type")):
         # A stream may never end: what arrived by the deadline (or up to the capture cap)
@@ -237,6 +250,13 @@ async def _read_body(response: UpstreamResponse, capture_bytes: int) -> tuple[by
         return copy.body(), copy.size, False
     while chunk := await response.read_chunk():
         copy.add(chunk)
+        if copy.size > capture_bytes:
+            declared = response.header("Content-Length")
+            if declared is None:
+                raise BodyTooLarge(
+                    f"body of more than {capture_bytes} bytes exceeds diff.max_body_bytes"
+                )
+            return copy.body(), int(declared), True
     return copy.body(), copy.size, False
 
 

@@ -17,6 +17,8 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
+from shadowproxy.exchange import Failure, FailureKind
+from shadowproxy.mirror import candidate_healthy
 from tests.conftest import RunningProxy
 from tests.e2e.conftest import StartProxy
 from tests.hardening.faults import FaultyBackend
@@ -30,7 +32,7 @@ FAULTS = {
     "/garbage": "invalid_response",
     "/hang": "timeout",
     "/hang-mid": "timeout",
-    "/endless": "timeout",
+    "/endless": "too_large",
     "/big": "too_large",
     "/short": "reset",
     "/cut": "reset",
@@ -101,8 +103,8 @@ async def run_faults(
     assert await settle(lambda: faulty.open_connections, 0) == 0
     assert await settle(this.num_fds, fds) <= fds
     assert await settle(lambda: len(asyncio.all_tasks()), tasks) <= tasks
-    # 50 MB went through in every round, and the endless answer streamed for a second each
-    # time; 10 MiB of each was kept while compared. The allocator may keep a higher peak (two
+    # 50 MB were announced and the endless answer streamed in every round; 10 MiB of each
+    # was read and kept. The allocator may keep a higher peak (two
     # captures and their copies), at any round, as one step; a leak grows in every round. So
     # from the second round on, the growth besides the largest step must stay small.
     assert max(grown_by) < 64 * MIB, grown_by
@@ -113,6 +115,80 @@ async def run_faults(
     for kind in set(FAULTS.values()):
         count = ROUNDS * list(FAULTS.values()).count(kind)
         assert f'shadowproxy_candidate_errors_total{{kind="{kind}"}} {count}.0' in metrics
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_flooding_candidate_is_read_no_further_than_the_comparison_cap(
+    framing: str, serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """A candidate that writes a huge body as fast as it can: the proxy stops reading at
+    ``diff.max_body_bytes`` and closes the connection, instead of reading it to its end."""
+    cap = 256 * 1024
+    sent = 0
+    closed = asyncio.Event()
+    chunk = b"f" * 65536
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        if framing == "chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            piece = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (100 * 2**30))
+            piece = chunk
+        try:
+            while True:  # ends when the proxy closes the connection: the write fails
+                writer.write(piece)
+                await writer.drain()
+                sent += len(chunk)
+        except ConnectionError:
+            closed.set()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        primary = await serve(json_handler(PRIMARY_BODY))
+        proxy = await make_proxy(
+            primary.url,
+            f"http://127.0.0.1:{port}",
+            candidate={"timeout": 5},
+            diff={"max_body_bytes": cap},
+        )
+        assert await one(client, proxy.url + "/flood") == (200, PRIMARY_BODY)
+        [record] = await proxy.records()
+        await closed.wait()
+    finally:
+        server.close()
+    assert record["outcome"] == "candidate_error"
+    assert record["candidate"]["error"] == "too_large"
+    assert "exceeds diff.max_body_bytes" in record["candidate"]["detail"]
+    # What the candidate got rid of: the cap, plus what the sockets' buffers held.
+    assert sent < 32 * MIB, sent
+
+
+async def test_bodies_past_the_cap_with_a_length_still_compare_by_size(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """Read only up to the cap, a candidate's body with a Content-Length keeps its size: as
+    large as the primary's, it is compared (size and prefix), not an error."""
+    body = b"[" + b"1," * MIB + b"1]"
+    primary = await serve(json_handler(body))
+    candidate = await serve(json_handler(body))
+    proxy = await make_proxy(primary.url, candidate.url, diff={"max_body_bytes": 64 * 1024})
+    assert await one(client, proxy.url + "/big") == (200, body)
+    [record] = await proxy.records()
+    assert record["outcome"] == "match"
+    assert record["candidate"]["bytes"] == len(body)
+    assert "body_truncated" in record["notes"]
+
+
+def test_a_body_too_large_to_compare_does_not_open_the_breaker() -> None:
+    """It is an answer all the same: the breaker counts a candidate that is down."""
+    assert candidate_healthy(Failure(FailureKind.TOO_LARGE, "body exceeds the cap", 1.0))
+    assert not candidate_healthy(Failure(FailureKind.RESET, "reset", 1.0))
 
 
 async def test_candidate_refusing_connections(
