@@ -15,6 +15,8 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
+from shadowproxy import oplog
+
 _LENGTH: Final = struct.Struct(">I")
 
 
@@ -70,7 +72,11 @@ class FrameReader(asyncio.Protocol):
             newest = self._buffer[_LENGTH.size : end].decode()
             del self._buffer[:end]
         if newest is not None:
-            self._on_text(newest)
+            try:
+                self._on_text(newest)
+            except Exception as error:
+                # Raised here, it would close the pipe: no later reload would reach the worker.
+                oplog.get().error("config_apply_failed", error=f"{type(error).__name__}: {error}")
 
 
 def _pipe(fd: int, mode: str) -> io.FileIO:

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from shadowproxy import __version__, channel, oplog, signals
+from shadowproxy import __version__, argtypes, channel, oplog, signals
 from shadowproxy.config import (
     ENV_CONFIG,
     Config,
@@ -58,10 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if loaded is None or path is None:
         return EXIT_USAGE
     config, text = loaded
-    workers = args.workers or available_cores()
-    if workers < 1:
-        print("shadowproxy: --workers must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+    workers = args.workers if args.workers is not None else available_cores()
     # Before any thread starts (the operational log's writer): threads inherit the hold, so
     # a SIGHUP during start-up waits for the main thread's handler (see signals.py).
     signals.hold(signal.SIGHUP)
@@ -153,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the proxy")
     run.add_argument("--config", "-c", help=f"config file (default: ${ENV_CONFIG})")
     run.add_argument(
-        "--workers", "-w", type=int, default=None,
+        "--workers", "-w", type=argtypes.count, default=None,
         help="worker processes sharing the port (default: one per core)",
     )  # fmt: skip
     # Set by the supervisor for its workers; not for people.

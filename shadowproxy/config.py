@@ -96,6 +96,19 @@ def _secret_header(name: str) -> bool:
     return lowered in SECRET_HEADERS or any(part in lowered for part in _SECRET_NAME_PARTS)
 
 
+RESTART_ONLY_KEYS = (
+    "listen", "admin", "primary", "candidate", "secondary", "capture", "listen_tls",
+    "shutdown_timeout", "reload",
+)  # fmt: skip
+"""Keys a reload does not change (nor does ``log.path``): sockets, backends' connection
+pools, the capture file and the watcher are set up once, at start."""
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with its user information replaced, for logs and the admin listener."""
+    return re.sub(r"//[^/@]*@", "//[redacted]@", url, count=1)
+
+
 class ConfigError(Exception):
     """A config that cannot be used; the message is meant for the operator, as is."""
 
@@ -375,6 +388,18 @@ def _pointer_pattern(value: str) -> str:
 PointerPattern = Annotated[str, AfterValidator(_pointer_pattern)]
 
 
+def _endpoint_pattern(value: str) -> str:
+    pattern = EndpointPattern.parse(value)
+    unknown = sorted((pattern.methods or frozenset()) - KNOWN_METHODS)
+    if unknown:
+        raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
+    return pattern.source
+
+
+EndpointMatch = Annotated[str, AfterValidator(_endpoint_pattern)]
+"""An endpoint template (``GET /users/{id}``, method optional) or a glob (``/api/*``)."""
+
+
 class Unordered(Model):
     path: PointerPattern
     key: str | None = None
@@ -393,7 +418,7 @@ class DiffRules(Model):
 
 
 class EndpointDiffRules(DiffRules):
-    match: str
+    match: EndpointMatch
     """An endpoint template (``GET /users/{id}``, method optional) or a glob (``/api/*``)."""
 
 
@@ -531,7 +556,7 @@ class RewritePrefix(Model):
 class MirrorRule(Model):
     """One entry of ``mirror.rules``."""
 
-    match: str
+    match: EndpointMatch
     """An endpoint pattern: ``GET /users/{id}``, ``GET,POST /api/**``, ``/static/*`` (any
     method), matched against the client's path without its query."""
     when: RuleConditions | None = None
@@ -548,15 +573,6 @@ class MirrorRule(Model):
     """Comparison overrides for the endpoints this rule matches. They become an entry of
     ``diff.endpoints`` (before the ones written there) and so apply to every compared request
     whose endpoint matches, whichever mirror rule admitted it."""
-
-    @field_validator("match")
-    @classmethod
-    def _pattern(cls, value: str) -> str:
-        pattern = EndpointPattern.parse(value)
-        unknown = sorted((pattern.methods or frozenset()) - KNOWN_METHODS)
-        if unknown:
-            raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
-        return pattern.source
 
     @field_validator("allow_unsafe")
     @classmethod
@@ -636,18 +652,10 @@ class NoiseConfig(Model):
 # --- capture --------------------------------------------------------------------------------
 
 
-def _endpoint_pattern(value: str) -> str:
-    pattern = EndpointPattern.parse(value)
-    unknown = sorted((pattern.methods or frozenset()) - KNOWN_METHODS)
-    if unknown:
-        raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
-    return pattern.source
-
-
 class CaptureRule(Model):
     """One entry of ``capture.rules``: include or exclude the requests of some endpoints."""
 
-    match: Annotated[str, AfterValidator(_endpoint_pattern)]
+    match: EndpointMatch
     """An endpoint pattern, as in ``mirror.rules``: ``GET /users/{id}``, ``/admin/**``."""
     capture: bool = True
     """``false``: requests this rule matches are never captured."""
@@ -759,6 +767,22 @@ class Config(Model):
                 raise ValueError("secondary.url: must differ from candidate.url")
         return self
 
+    def reloaded(self, new: Config) -> Config:
+        """``new`` as a reload applies it to a proxy running ``self``: the keys that take
+        effect only after a restart keep their running values. Everything that reads the config
+        (the admin listener's authorisation, ``/config``, ``/readyz``, the primary path) then
+        sees what is in force, not what the file asks for next."""
+        kept: dict[str, Any] = {key: getattr(self, key) for key in RESTART_ONLY_KEYS}
+        kept["log"] = new.log.model_copy(update={"path": self.log.path})
+        return new.model_copy(update=kept)
+
+    def restart_only_changes(self, new: Config) -> list[str]:
+        """The keys ``new`` changes that take effect only after a restart."""
+        changed = [key for key in RESTART_ONLY_KEYS if getattr(self, key) != getattr(new, key)]
+        if self.log.path != new.log.path:
+            changed.append("log.path")
+        return changed
+
     def digest(self) -> str:
         """A short stable hash, logged on reload so operators can tell configs apart."""
         dumped = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
@@ -787,7 +811,7 @@ class Config(Model):
         for name in ("primary", "candidate", "secondary"):
             backend = data.get(name)
             if isinstance(backend, dict) and isinstance(backend.get("url"), str):
-                backend["url"] = re.sub(r"//[^/@]*@", "//[redacted]@", backend["url"])
+                backend["url"] = without_credentials(backend["url"])
         query_secrets = set(self.log.redact_query)
         for rule in data.get("mirror", {}).get("rules", []):
             changes: dict[str, Any] = rule.get("headers") or {}

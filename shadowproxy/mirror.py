@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from shadowproxy import oplog
 from shadowproxy.compare.model import Comparison
-from shadowproxy.config import Backend, Config
+from shadowproxy.config import Backend, Config, without_credentials
 from shadowproxy.exchange import (
     Exchange,
     Failure,
@@ -265,13 +265,15 @@ class MirrorDispatcher:
                 "breaker_open",
                 reason=reason,
                 pause_seconds=breaker.pause,
-                candidate=self._candidate.url,
+                candidate=without_credentials(self._candidate.url),
             )
         elif state is BreakerState.HALF_OPEN:
             self._log.info("breaker_half_open", detail="mirroring one probe request")
         else:
             self._metrics.breaker_open.set(0)
-            self._log.info("breaker_closed", reason=reason, candidate=self._candidate.url)
+            self._log.info(
+                "breaker_closed", reason=reason, candidate=without_credentials(self._candidate.url)
+            )
 
     @property
     def in_flight(self) -> int:

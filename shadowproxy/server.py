@@ -27,6 +27,7 @@ from shadowproxy.config import (
     TLSListener,
     load_config,
     parse_config_text,
+    without_credentials,
 )
 from shadowproxy.exchange import Exchange
 from shadowproxy.forward import PrimaryPath
@@ -132,7 +133,7 @@ class Proxy:
                 self.log.warning(
                     "tls_verification_disabled",
                     backend=name,
-                    url=backend.url,
+                    url=without_credentials(backend.url),
                     detail="certificates are not checked: never use this in production",
                 )
         # Metrics are published with each flush of the log (and each scrape): never behind it.
@@ -231,8 +232,8 @@ class Proxy:
             proxy=address_text(*self.proxy_address),
             admin=address_text(*admin) if admin else None,
             tls=address_text(*self.tls_address) if self.tls_address else None,
-            primary=self.config.primary.url,
-            candidate=self.config.candidate.url,
+            primary=without_credentials(self.config.primary.url),
+            candidate=without_credentials(self.config.candidate.url),
             config_digest=self.config.digest(),
             pid=os.getpid(),
         )
@@ -325,41 +326,51 @@ class Proxy:
             return False
         return self.apply(new)
 
-    def _reload_failed(self, error: ConfigError) -> None:
+    def _reload_failed(self, error: Exception, event: str = "config_reload_failed") -> bool:
         self.metrics.reloads.labels("invalid").inc()
-        self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
+        self.log.error(event, path=str(self.config_path), error=str(error))
+        return False
 
     def apply(self, new: Config) -> bool:
-        """Swap in ``new``; False (and the old config stays) when its TLS pair does not load."""
-        if new.listen_tls is not None and self._tls_context is not None:
+        """Swap in ``new``, but for the keys that need a restart; False, with the old config
+        still in force, when its TLS pair or its comparison rules cannot be loaded."""
+        running = self.config.reloaded(new)
+        tls = running.listen_tls
+        if tls is not None and self._tls_context is not None:
             try:
-                listener_tls_context(new.listen_tls)  # a bad pair must not replace a good one
-                self._tls_context.load_cert_chain(new.listen_tls.cert_file, new.listen_tls.key_file)
+                listener_tls_context(tls)  # a bad pair must not replace a good one
+                self._tls_context.load_cert_chain(tls.cert_file, tls.key_file)
             except (OSError, ssl.SSLError) as error:
-                self.metrics.reloads.labels("invalid").inc()
-                self.log.error("tls_reload_failed", error=str(error))
-                return False
-        unchanged = _restart_only_changes(self.config, new)
+                return self._reload_failed(error, "tls_reload_failed")
+        try:
+            # First what can fail, so that a refused config changes nothing.
+            self.comparer.update(running.effective_diff())
+            redactor, query_redactor = (
+                Redactor(running.log.redact),
+                QueryRedactor(running.log.redact_query),
+            )
+        except ValueError as error:
+            return self._reload_failed(error)
+        unchanged = self.config.restart_only_changes(new)
         if unchanged:
             self.log.warning(
                 "config_reload_partial",
                 detail="these keys take effect only after a restart",
                 keys=unchanged,
             )
-        self.config = new
-        self.redactor = Redactor(new.log.redact)
-        self.query_redactor = QueryRedactor(new.log.redact_query)
-        self.primary_path.configure(new)
-        self.proxy_server.configure(new.limits)
-        self.dispatcher.configure(new)
-        self.comparer.update(new.effective_diff())
-        self.noise.configure(new)
-        self.writer.configure(new.log)
+        self.config = running
+        self.redactor, self.query_redactor = redactor, query_redactor
+        self.primary_path.configure(running)
+        self.proxy_server.configure(running.limits)
+        self.dispatcher.configure(running)
+        self.noise.configure(running)
+        self.writer.configure(running.log)
         self.metrics.reloads.labels("ok").inc()
+        digest = running.digest()
         self.writer.event(
-            "config_reloaded", digest=new.digest(), path=str(self.config_path), worker=self.worker
+            "config_reloaded", digest=digest, path=str(self.config_path), worker=self.worker
         )
-        self.log.info("config_reloaded", digest=new.digest())
+        self.log.info("config_reloaded", digest=digest)
         return True
 
     async def stop(self) -> None:
@@ -382,17 +393,6 @@ class Proxy:
             await self.capture.close()
         await self.writer.close()  # first: its last batch may still be lost
         self.log.info("stopped", mirrors_cancelled=cancelled, log_records_lost=self.writer.lost)
-
-
-def _restart_only_changes(old: Config, new: Config) -> list[str]:
-    keys = (
-        "listen", "admin", "primary", "candidate", "secondary", "capture", "listen_tls",
-        "shutdown_timeout", "reload",
-    )  # fmt: skip
-    changed = [k for k in keys if getattr(old, k) != getattr(new, k)]
-    if old.log.path != new.log.path:
-        changed.append("log.path")
-    return changed
 
 
 async def serve(

@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from shadowproxy import oplog
+
 Signature = tuple[int, int, int, int]
 
 
@@ -67,7 +69,12 @@ class FileWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            self.check()
+            try:
+                self.check()
+            except Exception as error:
+                # A fault while applying one edit must not end the watching: the next edit
+                # (the fix) would never be seen.
+                oplog.get().error("config_watch_failed", error=f"{type(error).__name__}: {error}")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -22,7 +22,14 @@ from aiohttp import web
 
 from shadowproxy import channel, oplog, signals
 from shadowproxy.admin import LiveReport, build_admin_app
-from shadowproxy.config import Config, ConfigError, parse_config_text, read_config_text
+from shadowproxy.compare import RuleBook
+from shadowproxy.config import (
+    Config,
+    ConfigError,
+    parse_config_text,
+    read_config_text,
+    without_credentials,
+)
 from shadowproxy.follow import LogFollower
 from shadowproxy.metrics import SupervisorMetrics, render_all_workers
 from shadowproxy.record import OUTPUT_DRAIN_TIMEOUT
@@ -48,9 +55,11 @@ class Supervisor:
     def __init__(self, config: Config, config_text: str, config_path: Path, workers: int) -> None:
         self.config = config
         self.config_path = config_path
-        # What workers start with: a worker started again runs its siblings' config, even
-        # when the file has since been edited into one that does not load.
-        self._config_text = config_text
+        # A worker started again gets the text the proxy started with, then the one in force:
+        # it sets up what only a restart changes (backends, listeners) as its siblings did,
+        # and runs its siblings' config, even when the file has since been edited into one
+        # that does not load.
+        self._start_text = self._config_text = config_text
         self.count = workers
         self.log = oplog.get(role="supervisor")
         self.processes: dict[int, asyncio.subprocess.Process] = {}
@@ -210,8 +219,8 @@ class Supervisor:
             admin=address_text(*admin),
             tls=address_text(tls.address.host, self._tls_port) if tls is not None else None,
             workers=self.count,
-            primary=self.config.primary.url,
-            candidate=self.config.candidate.url,
+            primary=without_credentials(self.config.primary.url),
+            candidate=without_credentials(self.config.candidate.url),
             config_digest=self.config.digest(),
             pid=os.getpid(),
         )
@@ -272,8 +281,9 @@ class Supervisor:
             self._watcher.mark_current()  # a SIGHUP's reload is not the watcher's to repeat
         try:
             text = read_config_text(self.config_path)
-            new = parse_config_text(text, str(self.config_path))
-        except ConfigError as error:
+            new = self.config.reloaded(parse_config_text(text, str(self.config_path)))
+            RuleBook.from_config(new.effective_diff())
+        except (ConfigError, ValueError) as error:
             self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
             return False
         if new.listen_tls is not None:
@@ -292,9 +302,12 @@ class Supervisor:
         return True
 
     def _open_channel(self, index: int, transport: asyncio.WriteTransport) -> None:
-        """The worker's config channel, the text in force first: in one step, so that a
-        reload either comes before (and is that text) or sees the channel."""
-        transport.write(channel.frame(self._config_text))
+        """The worker's config channel, with the start text and the text in force first: in
+        one step, so that a reload either comes before (and is that text) or sees the
+        channel."""
+        transport.write(channel.frame(self._start_text))
+        if self._config_text is not self._start_text:
+            transport.write(channel.frame(self._config_text))
         old = self._channels.pop(index, None)
         if old is not None:
             old.close()

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from shadowproxy.config import DEFAULT_IGNORE_HEADERS, ConfigError, load_config, parse_config
+from shadowproxy.config import (
+    DEFAULT_IGNORE_HEADERS,
+    ConfigError,
+    load_config,
+    parse_config,
+    without_credentials,
+)
 from tests.conftest import run_cli
 
 MINIMAL = {"primary": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}}
@@ -125,3 +131,32 @@ def test_check_config_reports_ok_and_missing_file(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_reload_keeps_what_only_a_restart_changes() -> None:
+    running = parse_config({**MINIMAL, "admin": "127.0.0.1:9901", "mirror": {"sample_rate": 1}})
+    new = parse_config(
+        {
+            "primary": {"url": "http://127.0.0.1:7"},
+            "candidate": {"url": "http://127.0.0.1:8"},
+            "admin": "0.0.0.0:9901",
+            "mirror": {"sample_rate": 0.5},
+            "log": {"path": "/elsewhere.jsonl", "flush_interval": 2},
+        }
+    )
+    assert running.restart_only_changes(new) == ["admin", "primary", "candidate", "log.path"]
+    applied = running.reloaded(new)
+    assert (applied.admin, applied.primary, applied.candidate) == (
+        running.admin,
+        running.primary,
+        running.candidate,
+    )
+    assert applied.log.path == running.log.path
+    assert applied.log.flush_interval == 2
+    assert applied.mirror.sample_rate == 0.5
+    assert running.restart_only_changes(applied) == []
+
+
+def test_credentials_are_taken_out_of_urls() -> None:
+    assert without_credentials("http://u:p@h:1/x") == "http://[redacted]@h:1/x"
+    assert without_credentials("http://h:1/a@b") == "http://h:1/a@b"

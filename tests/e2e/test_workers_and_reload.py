@@ -390,21 +390,49 @@ async def test_a_reload_applies_the_logs_rotation_settings(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_reload_names_the_keys_that_wait_for_a_restart(
-    serve: Serve, start_proxy: StartProxy
+    serve: Serve, start_proxy: StartProxy, workers: int
 ) -> None:
-    proxy = await answering_alike(serve, start_proxy, 1)
+    proxy = await answering_alike(serve, start_proxy, workers)
+    _, body = await admin_get(proxy, "/config")
+    before = orjson.loads(body)["config"]
     config = yaml.safe_load(proxy.config_path.read_text())
+    config["admin"] = "10.0.0.1:9901"  # not loopback: /config would need a token there
     config["shutdown_timeout"] = 3
     config["reload"]["poll_interval"] = 7
     config["mirror"] = {"sample_rate": 0.5}  # applied at once
     proxy.config_path.write_text(yaml.safe_dump(config))
     proxy.process.send_signal(signal.SIGHUP)
     partial = await proxy.wait_event("config_reload_partial")
-    assert partial["keys"] == ["shutdown_timeout", "reload"]
-    await proxy.wait_event("config_reloaded")
-    _, body = await admin_get(proxy, "/config")
-    assert orjson.loads(body)["config"]["mirror"]["sample_rate"] == 0.5
+    assert partial["keys"] == ["admin", "shutdown_timeout", "reload"]
+    await proxy.wait_count("config_reloaded", workers + (workers > 1))
+    # What is served and authorised is what runs: the loopback listener it started with.
+    status, body = await admin_get(proxy, "/config")
+    assert status == 200
+    served = orjson.loads(body)["config"]
+    assert served["mirror"]["sample_rate"] == 0.5
+    for key in ("admin", "shutdown_timeout", "reload"):
+        assert served[key] == before[key]
+    assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_comparison_rules_that_do_not_compile_are_refused_whole(
+    serve: Serve, start_proxy: StartProxy, workers: int
+) -> None:
+    proxy = await answering_alike(serve, start_proxy, workers)
+    _, before = await admin_get(proxy, "/config")
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["diff"] = {"endpoints": [{"match": "users", "ignore": ["/a"]}]}
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    failed = await proxy.wait_event("config_reload_failed")
+    assert 'diff.endpoints[0].match: endpoint pattern "users"' in failed["error"]
+    _, after = await admin_get(proxy, "/config")
+    assert after == before
+    assert proxy.count("config_reloaded") == 0
     assert await proxy.stop() == 0
 
 
@@ -527,3 +555,26 @@ async def test_workers_that_cannot_start_again_are_retried_ever_less_often(
     async with aiohttp.ClientSession() as client, client.get(proxy.url + "/a") as response:
         assert response.status == 200
     assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_credentials_in_backend_urls_stay_out_of_the_operational_log(
+    serve: Serve, start_proxy: StartProxy, workers: int
+) -> None:
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 2}))
+    with_user = [
+        u.replace("http://", f"http://ops:{s}@")
+        for u, s in ((primary.url, "p-pw"), (candidate.url, "c-pw"))
+    ]
+    proxy = await start_proxy(
+        *with_user,
+        args=("--workers", str(workers)),
+        mirror={"breaker": {"failures": 1, "pause": 30}},
+    )
+    await proxy.stop()
+    text = "\n".join(map(str, proxy.stderr_lines))
+    assert "[redacted]@" in text
+    assert "p-pw" not in text
+    assert "c-pw" not in text
