@@ -84,10 +84,20 @@ class BackgroundWriter:
             self._wake.notify()
         return True
 
+    @property
+    def queued(self) -> int:
+        """Bytes waiting for the reader."""
+        return self._queued
+
     def wait_written(self, timeout: float) -> bool:
         """Wait until everything queued so far is written; False on timeout. Blocks."""
         with self._lock:
             return self._idle.wait_for(lambda: not self._queue, timeout)
+
+    def wait_below(self, size: int, timeout: float) -> bool:
+        """Wait until at most ``size`` bytes are queued; False on timeout. Blocks."""
+        with self._lock:
+            return self._idle.wait_for(lambda: self._queued <= size, timeout)
 
     def close(self, timeout: float) -> None:
         """Let the queue drain for up to ``timeout`` seconds; what is left counts as lost.
@@ -128,8 +138,7 @@ class BackgroundWriter:
                 if self._queue and self._queue[0][0] is data:
                     self._queue.popleft()
                     self._queued -= len(data)
-                if not self._queue:
-                    self._idle.notify_all()
+                self._idle.notify_all()  # wait_written and wait_below look again
 
     def _report(self, records: int, reason: str) -> None:
         if self._loop is None:

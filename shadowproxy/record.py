@@ -17,6 +17,7 @@ import re
 import stat
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from itertools import islice
@@ -41,6 +42,8 @@ FLUSH_BYTES = 256 * 1024
 REOPEN_INTERVAL = 1.0
 # Seconds a closing log gives a pipe's reader to take the lines still waiting for it.
 OUTPUT_DRAIN_TIMEOUT = 2.0
+# A lossless writer waits for a pipe's reader in steps this long, so it can be told to give up.
+OUTPUT_WAIT_STEP = 0.25
 
 
 class QueryRedactor:
@@ -185,6 +188,10 @@ class LogWriter:
     ``PATH.1``) only while ``PATH`` is still the file it holds, and reopens ``PATH`` by name.
     The others find the same file full, see it renamed already, and just reopen. A batch
     written in between lands at the end of ``PATH.1``: whole lines, nothing lost.
+
+    ``lossless`` (for replay, which has no request path to protect): a pipe's reader that is
+    behind is waited for instead of costing lines. Its queue has no bound; the caller holds
+    back with `room`, and `close` waits until every line is written (or `give_up`).
     """
 
     def __init__(
@@ -193,10 +200,14 @@ class LogWriter:
         on_lost: Any = None,
         oplog: Any = None,
         before_flush: Callable[[], None] | None = None,
+        *,
+        lossless: bool = False,
     ) -> None:
         self._path = config.path
         self._background: BackgroundWriter | None = None
         """Set when the output is a pipe, socket or terminal: a thread writes to it."""
+        self._lossless = lossless
+        self._giving_up = False
         self.configure(config)
         self._fd: int | None = None
         self._owns_fd = False
@@ -212,6 +223,8 @@ class LogWriter:
         """Said once in the operational log; the hook is tried again at every flush."""
         self._oplog = oplog
         self.lost = 0
+        self.lost_reasons: Counter[str] = Counter()
+        """Records lost, by reason: for a summary that says why."""
         self._losses = ThrottledCount(self._say_lost)
         self.logger = structlog.wrap_logger(
             _LineSink(self),
@@ -227,19 +240,20 @@ class LogWriter:
         self._max_bytes = config.max_bytes if self._path != "-" else None
         self._backups = config.backups
         self._max_buffer_bytes = config.max_buffer_bytes
-        if self._background is not None:
+        if self._background is not None and not self._lossless:
             self._background.max_bytes = config.max_buffer_bytes
 
     def open(self) -> None:
         if self._path == "-":
+            if sys.stdout is None:  # started with standard output closed
+                raise OSError(errno.EBADF, "standard output is closed")
             self._fd, self._owns_fd = sys.stdout.fileno(), False
         else:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             self._fd, self._owns_fd = os.open(self._path, flags, 0o640), True
         if self._background is None and waits_for_reader(self._fd):
-            self._background = BackgroundWriter(
-                self._fd, self._max_buffer_bytes, on_lost=self._count_lost
-            )
+            bound = sys.maxsize if self._lossless else self._max_buffer_bytes
+            self._background = BackgroundWriter(self._fd, bound, on_lost=self._count_lost)
 
     def _try_open(self) -> bool:
         """Open the file; on failure say so (once until it works again) and carry on."""
@@ -407,6 +421,7 @@ class LogWriter:
 
     def _count_lost(self, records: int, reason: str) -> None:
         self.lost += records
+        self.lost_reasons[reason] += records
         if self._on_lost is not None:
             self._on_lost(records)
         self._losses.add(records, reason)
@@ -420,6 +435,21 @@ class LogWriter:
             await asyncio.sleep(self._interval)
             self.flush()
 
+    async def room(self) -> None:
+        """Wait while more than ``log.max_buffer_bytes`` wait for a pipe's reader: how a
+        lossless writer's caller holds back instead of growing the queue without end."""
+        background = self._background
+        while (
+            background is not None
+            and not self._giving_up
+            and background.queued > self._max_buffer_bytes
+        ):
+            await asyncio.to_thread(background.wait_below, self._max_buffer_bytes, OUTPUT_WAIT_STEP)
+
+    def give_up(self) -> None:
+        """A lossless writer stops waiting for its reader: what is left is lost (counted)."""
+        self._giving_up = True
+
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
@@ -428,6 +458,14 @@ class LogWriter:
             self._flusher = None
         self.flush()
         if self._background is not None:
-            await asyncio.to_thread(self._background.close, OUTPUT_DRAIN_TIMEOUT)
+            timeout = OUTPUT_DRAIN_TIMEOUT
+            if self._lossless:
+                # Waited for in steps, off the event loop: a give_up ends the wait.
+                while not self._giving_up and not await asyncio.to_thread(
+                    self._background.wait_written, OUTPUT_WAIT_STEP
+                ):
+                    pass
+                timeout = 0.0  # written, or given up on
+            await asyncio.to_thread(self._background.close, timeout)
             self._background = None
         self._close_fd()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -16,13 +18,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from shadowproxy.config import CandidateBackend, DiffConfig, NoiseConfig
+from shadowproxy.config import CandidateBackend, DiffConfig, LogConfig, NoiseConfig
 from shadowproxy.har import Captured, build_entry, read_entries
 from shadowproxy.noise import NoiseModel
+from shadowproxy.record import OUTPUT_DRAIN_TIMEOUT, LogWriter
 from shadowproxy.redact import Redactor
 from shadowproxy.replay import Pacer, Replayer, Targets
 from shadowproxy.replay.engine import request_headers
-from tests.conftest import Backend, RunningProxy
+from tests.conftest import Backend, RunningProxy, read_fd_to_end
 
 MakeProxy = Callable[..., Awaitable[RunningProxy]]
 Serve = Callable[..., Awaitable[Backend]]
@@ -404,3 +407,76 @@ def test_a_diff_only_config_file_applies(tmp_path: Path) -> None:
     config = load_rules(str(rules))
     assert config.effective_diff().ignore == ["/price"]
     assert config.log.redact == ["/secret"]
+
+
+async def test_a_log_that_cannot_be_opened_stops_the_replay_before_it_starts(
+    serve: Serve, tmp_path: Path
+) -> None:
+    candidate = await serve(json_answer({"n": 1, "price": 10}))
+    capture = write_capture(tmp_path / "c.jsonl", [entry(1) for _ in range(3)])
+    log = tmp_path / "missing" / "log.jsonl"
+    result = await cli(str(capture), "--candidate", candidate.url, "--log", str(log))
+    assert result.returncode == 2
+    assert f"{log}: cannot open the log: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert candidate.seen == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_records_lost_writing_the_log_fail_the_replay_and_its_verdict(
+    serve: Serve, tmp_path: Path
+) -> None:
+    candidate = await serve(json_answer({"n": 1, "price": 10}))
+    capture = write_capture(tmp_path / "c.jsonl", [entry(1) for _ in range(20)])
+    bars = ("--verdict", "--max-mismatch-rate", "0.01", "--min-samples", "10")
+    result = await cli(str(capture), "--candidate", candidate.url, "--log", "/dev/full", *bars)
+    assert result.returncode == 2, result.stderr
+    assert "20 records lost writing the log (disk full: 20)" in result.stderr
+    assert "/dev/full: the log is incomplete; no verdict is given" in result.stderr
+    assert "PASS" not in result.stdout + result.stderr
+
+
+async def test_a_reader_of_standard_output_that_is_behind_is_waited_for(
+    serve: Serve, tmp_path: Path
+) -> None:
+    candidate = await serve(json_answer({"n": 1, "price": 10}))
+    entries = 1000  # about 400 KB of log lines: more than a pipe holds
+    capture = write_capture(tmp_path / "c.jsonl", [entry(1) for _ in range(entries)])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shadowproxy", "replay", str(capture),
+        "--candidate", candidate.url, "--no-progress",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    while len(candidate.seen) < entries:  # the replay is done but for its log
+        candidate.arrived.clear()
+        await candidate.arrived.wait()
+    # Nobody reads standard output for longer than a closing proxy's log would wait.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(process.wait()), OUTPUT_DRAIN_TIMEOUT + 1)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert len(out.splitlines()) == entries
+    assert b"lost" not in err
+
+
+async def test_a_lossless_log_holds_its_writer_back_while_the_reader_is_behind() -> None:
+    read_end, write_end = os.pipe()
+    writer = LogWriter(LogConfig(path=f"/dev/fd/{write_end}", max_buffer_bytes=1024), lossless=True)
+    writer.start()
+    line = {"ts": "t", "event": "exchange", "pad": "p" * 1000}
+    for _ in range(300):  # 300 KB: more than the pipe and the bound hold
+        writer.write(line)
+    writer.flush()
+    room = asyncio.ensure_future(writer.room())
+    done, _ = await asyncio.wait({room}, timeout=0.2)
+    assert not done  # nothing is dropped: the caller waits
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(read_fd_to_end(read_end)))
+    reader.start()
+    await asyncio.wait_for(room, 10)
+    await writer.close()
+    os.close(write_end)
+    await asyncio.to_thread(reader.join, 10)
+    os.close(read_end)
+    assert len(received[0].splitlines()) == 300
+    assert writer.lost == 0

@@ -1,8 +1,9 @@
 """``shadowproxy replay``: captured traffic against a candidate, logged as the proxy logs it.
 
 Exit status: 0 when the replay ran (whatever it found); with ``--verdict``, the verdict's
-(0 pass, 1 fail, 2 not enough data); 2 for unusable arguments or captures that cannot be
-read; 130 when interrupted (what was replayed so far is logged and judged all the same).
+(0 pass, 1 fail, 2 not enough data); 2 for unusable arguments, captures that cannot be read,
+a log that cannot be opened, or records lost writing it (the log is incomplete: no verdict
+is given); 130 when interrupted (what was replayed so far is logged and judged all the same).
 """
 
 from __future__ import annotations
@@ -247,11 +248,16 @@ async def _replay(args: argparse.Namespace, setup: Setup) -> int:
     terminal = show_progress and sys.stderr.isatty()
     total = count_entries(args.captures) if show_progress and STDIN not in args.captures else None
     stats = ReplayStats(total=total)
-    writer = LogWriter(LogConfig(path=args.log))
+    # Lossless: a replay has no request path to protect, so a slow reader of the log is
+    # waited for. Opened here, not by start(), which would count records lost and go on.
+    writer = LogWriter(LogConfig(path=args.log), lossless=True)
+    log_name = "standard output" if args.log == "-" else args.log
     try:
-        writer.start()
-    except OSError as error:
-        return _error(f"{args.log}: cannot open the log: {error.strerror or error}")
+        writer.open()
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+        reason = getattr(error, "strerror", None) or str(error)
+        return _error(f"{log_name}: cannot open the log: {reason}")
+    writer.start()
     aggregator = Aggregator() if args.verdict else None
 
     def on_record(record: dict[str, object]) -> None:
@@ -270,6 +276,7 @@ async def _replay(args: argparse.Namespace, setup: Setup) -> int:
         redactor=Redactor(config.log.redact),
         noise=NoiseModel.from_config(config.noise) if setup.targets.secondary else None,
         stats=stats,
+        output_room=writer.room,
     )
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -289,11 +296,14 @@ async def _replay(args: argparse.Namespace, setup: Setup) -> int:
             loop.remove_signal_handler(signal.SIGINT)
     for warning in stats.read.warnings():
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    print(f"{PROG}: {summary_line(stats)}", file=sys.stderr, flush=True)
+    print(f"{PROG}: {summary_line(stats, writer)}", file=sys.stderr, flush=True)
     if failed is not None:
         return _error(failed)
     code = EXIT_OK
-    if aggregator is not None:
+    if writer.lost:
+        unjudged = "; no verdict is given" if aggregator is not None else ""
+        code = _error(f"{log_name}: the log is incomplete{unjudged}")
+    elif aggregator is not None:
         code = _verdict(args, aggregator)
     if replayer.stopped:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -314,7 +324,7 @@ def _verdict(args: argparse.Namespace, aggregator: Aggregator) -> int:
     return verdict.exit_code
 
 
-def summary_line(stats: ReplayStats) -> str:
+def summary_line(stats: ReplayStats, writer: LogWriter | None = None) -> str:
     rate = stats.completed / stats.elapsed if stats.elapsed > 0 else 0.0
     text = (
         f"{stats.completed:,} compared in {stats.elapsed:.1f} s ({rate:,.0f} req/s): "
@@ -325,6 +335,9 @@ def summary_line(stats: ReplayStats) -> str:
     if skipped:
         reasons = "; ".join(f"{reason}: {n:,}" for reason, n in stats.skipped.most_common())
         text += f"; {skipped:,} not replayed ({reasons})"
+    if writer is not None and writer.lost:
+        reasons = "; ".join(f"{reason}: {n:,}" for reason, n in writer.lost_reasons.most_common())
+        text += f"; {writer.lost:,} records lost writing the log ({reasons})"
     return text
 
 

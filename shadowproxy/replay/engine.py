@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -189,7 +189,10 @@ class Replayer:
         redactor: Redactor | None = None,
         noise: NoiseModel | None = None,
         stats: ReplayStats | None = None,
+        output_room: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``output_room`` is awaited before each request is sent: a log whose reader is
+        behind holds the replay back rather than losing records."""
         self.targets = targets
         # Every request in flight may wait for a comparison: none must be skipped for a full
         # queue, as the proxy would under load.
@@ -202,6 +205,7 @@ class Replayer:
         self._redactor = redactor
         self._noise = noise if targets.secondary is not None else None
         self.stats = stats or ReplayStats()
+        self._output_room = output_room
         self._stop = asyncio.Event()
         self._pools: dict[str, Pool] = {}
         self._comparer: Comparer | None = None
@@ -245,6 +249,8 @@ class Replayer:
                         await self._sleep(delay)
                         if self._stop.is_set():
                             break
+                if self._output_room is not None:
+                    await self._output_room()
                 await slots.acquire()
                 stats.sent += 1
                 task = loop.create_task(self._guarded(recorded))
