@@ -93,6 +93,7 @@ class UpstreamResponse:
     """
 
     __slots__ = (
+        "_awaiting_client",
         "_chunks",
         "_connection",
         "_deadline",
@@ -151,6 +152,7 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._paused = False
+        self._awaiting_client = False
         self._released = False
         self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -300,10 +302,13 @@ class UpstreamResponse:
     def _time_out(self) -> None:
         self._timer = None
         if self._timing is Timing.IDLE:
-            # Cheaper than moving a timer on every read: look back when it fires.
-            waited_since = self._loop.time() if self._paused else self._last_activity
+            # Cheaper than moving a timer on every read: look back when it fires. While its
+            # reading is paused or the client's next body piece is awaited, the backend owes
+            # nothing.
+            waiting_elsewhere = self._paused or self._awaiting_client
+            waited_since = self._loop.time() if waiting_elsewhere else self._last_activity
             due = waited_since + self._deadline
-            if due > self._loop.time() or self._paused:
+            if due > self._loop.time() or waiting_elsewhere:
                 self._timer = self._loop.call_at(due, self._time_out)
                 return
         self.fail(TimeoutError())
@@ -378,6 +383,13 @@ class UpstreamResponse:
 
     def attach_sender(self, sender: asyncio.Task[None]) -> None:
         self._sender = sender
+
+    def awaiting_client(self, waiting: bool) -> None:
+        """The request body's next piece is awaited from the client (True), or came (False):
+        a client that pauses its upload is not a backend that is slow to answer."""
+        self._awaiting_client = waiting
+        if not waiting:
+            self._last_activity = self._loop.time()
 
     def sending(self) -> None:
         """A piece of the request body went out: while the client uploads, the backend is not
@@ -850,8 +862,16 @@ async def _send_body(
 ) -> None:
     """Stream a request body, chunked when its length is unknown; a failure of the body
     (the client's doing) or of the connection ends the exchange with that failure."""
+    chunks = aiter(body)
     try:
-        async for chunk in body:
+        while True:
+            response.awaiting_client(True)
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            finally:
+                response.awaiting_client(False)
             if not chunk:
                 continue
             if chunked:

@@ -304,6 +304,25 @@ async def test_primary_timeout_gives_504(
         assert (await response.json())["error"] == "primary_timeout"
 
 
+async def test_a_client_pausing_its_upload_is_not_a_primary_timeout(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy
+) -> None:
+    # The pause is longer than the primary's timeout, well within the client's idle timeout.
+    primary = await serve(ok)
+    proxy = await make_proxy(primary.url, candidate.url, primary={"timeout": 0.3})
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfirst")
+    await writer.drain()
+    await asyncio.sleep(1.0)  # the client's pause mid-body
+    writer.write(b"-last")
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert primary.seen[0].body == b"first-last"
+
+
 @pytest.mark.timeout(15)
 async def test_upload_that_stalls_after_an_early_answer_is_the_clients_fault(
     candidate: Backend, make_proxy: MakeProxy

@@ -897,6 +897,24 @@ async def test_idle_timing_does_not_count_a_slow_upload_against_the_backend(
     assert server.requests[0].body == b"up" * 12
 
 
+async def paused_upload(pause: float) -> AsyncIterator[bytes]:
+    """A client that stops mid-body for ``pause`` seconds."""
+    yield b"first;"
+    await asyncio.sleep(pause)  # the client's pause
+    yield b"last"
+
+
+async def test_idle_timing_does_not_count_a_client_pausing_its_upload(
+    raw_server: StartServer, make_pool: MakePool
+) -> None:
+    # The client pauses for longer than the backend's timeout; the backend owes nothing then.
+    server = await raw_server(answer_each(ok()))
+    pool = make_pool(server.url, timing=Timing.IDLE, timeout=0.3)
+    response, body = await fetch(pool, "POST", "/up", body=paused_upload(1.0))
+    assert (response.status, body) == (200, b"ok")
+    assert server.requests[0].body == b"first;last"
+
+
 @pytest.mark.timeout(5)
 async def test_idle_timing_ends_a_body_that_stalls(
     raw_server: StartServer, make_pool: MakePool
