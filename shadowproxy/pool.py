@@ -16,6 +16,7 @@ import asyncio
 import base64
 import enum
 import ipaddress
+import re
 import socket
 import ssl
 from collections import deque
@@ -37,6 +38,9 @@ LOW_WATER: Final = 16 * 1024
 # header fields than MAX_HEADERS: a broken backend must not grow the proxy's memory.
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 256
+# Control bytes (tab aside) in a reason or a header value: the parser lets them through, as it
+# does other unusual bytes, but they cannot be passed on (RFC 9110, section 5.5).
+CONTROL_BYTES: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Methods whose request means something with a body: an empty one is sent as
 # ``Content-Length: 0`` so the backend does not wait for one (RFC 9110, section 8.6).
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
@@ -174,6 +178,8 @@ class UpstreamResponse:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.phase is Phase.HEAD:
+            if CONTROL_BYTES.search(value) is not None:
+                raise InvalidResponse("a header value of the answer holds a control character")
             self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -192,6 +198,10 @@ class UpstreamResponse:
             self._reason = b""
             self._head_bytes = 0
             return
+        if status < 100:
+            raise InvalidResponse(f"the answer's status {status:03d} is below 100")
+        if CONTROL_BYTES.search(self._reason) is not None:
+            raise InvalidResponse("the answer's reason holds a control character")
         self.status = status
         self.reason = self._reason.decode("latin-1")
         if len(self._raw_headers) > MAX_HEADERS:

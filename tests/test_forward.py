@@ -288,6 +288,23 @@ async def test_primary_down_gives_502_json(
         assert response.headers.getall("Server") == ["shadowproxy"]
 
 
+async def test_primary_head_with_a_control_character_gives_502_json(
+    serve_raw: ServeRaw, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    async def respond(_: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nX-A: foo\x00bar\r\nContent-Length: 2\r\n\r\nok"
+
+    primary = await serve_raw(respond)
+    proxy = await make_proxy(primary.url, candidate.url)
+    with capture_logs() as logs:
+        async with client.get(proxy.url + "/x") as response:
+            assert response.status == 502
+            assert (await response.json())["error"] == "primary_invalid_response"
+    metrics = proxy.proxy.metrics.render().decode()
+    assert 'shadowproxy_primary_errors_total{kind="primary_invalid_response"} 1.0' in metrics
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+
+
 async def test_primary_timeout_gives_504(
     serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:

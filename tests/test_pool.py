@@ -695,6 +695,39 @@ async def test_too_many_header_fields_is_invalid_response(
         await pool.request("GET", "/", CIMultiDict())
 
 
+@pytest.mark.parametrize(
+    ("head", "problem"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-A: foo\x00bar", "control character"),
+        (b"HTTP/1.1 200 OK\r\nX-A: esc\x1b[31m", "control character"),
+        (b"HTTP/1.1 200 OK\r\nX-A: del\x7f", "control character"),
+        (b"HTTP/1.1 200 O\x01K", "control character"),
+        (b"HTTP/1.1 099 Low", "below 100"),
+    ],
+    ids=["nul", "escape", "delete", "reason", "status-099"],
+)
+async def test_a_head_that_cannot_be_passed_on_is_invalid_response(
+    head: bytes, problem: str, serve_raw: ServeRaw, make_pool: MakePool
+) -> None:
+    # The parser is lenient with header bytes; what no HTTP writer may send is refused here.
+    server = await serve_raw(respond(head + b"\r\nContent-Length: 0\r\n\r\n"))
+    pool = make_pool(server.url)
+    with pytest.raises(InvalidResponse, match=problem):
+        await pool.request("GET", "/", CIMultiDict())
+    assert pool.open_connections == 0
+
+
+async def test_tabs_and_bytes_that_are_not_ascii_in_a_head_are_kept(
+    serve_raw: ServeRaw, make_pool: MakePool
+) -> None:
+    server = await serve_raw(
+        respond(b"HTTP/1.1 200 Tr\xe8s bien\r\nX-A: a\tb \xff\r\nContent-Length: 0\r\n\r\n")
+    )
+    response, _ = await fetch(make_pool(server.url))
+    assert (response.status, response.reason) == (200, "Tr\xe8s bien")
+    assert response.headers[0] == ("X-A", "a\tb \udcff")
+
+
 async def test_close_before_answering_is_connection_closed(
     serve_raw: ServeRaw, make_pool: MakePool
 ) -> None:
