@@ -17,15 +17,19 @@ import re
 import stat
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
+import brotli
 import structlog
+import zstandard
 
 from shadowproxy import logsafe
+from shadowproxy.compare import decode, media
 from shadowproxy.compare.model import Comparison, Difference, Where
 from shadowproxy.config import DEFAULT_REDACT_QUERY, SECRET_HEADERS, LogConfig
 from shadowproxy.exchange import Exchange, Failure, Outcome, Response
@@ -85,6 +89,87 @@ def _side(result: Response | Failure, query: QueryRedactor) -> dict[str, Any]:
     }
 
 
+TEXT_WITHHELD = "body_text_withheld"
+"""The note on a record whose body lines were left out: see `_withholds_text`."""
+_HEAD_BYTES = 64
+"""Decoded bytes looked at to tell whether a content-encoded body looks like JSON."""
+_TEXT_COMPARED = frozenset({media.BodyKind.TEXT.value, media.BodyKind.BINARY.value})
+_FIELDED = frozenset({media.BodyKind.JSON, media.BodyKind.FORM})
+
+
+def _decoded_head(response: Response) -> bytes | None:
+    """The first bytes of the body without its Content-Encoding; None when they cannot be
+    had cheaply (several codings, an unknown one, a broken stream)."""
+    applied = decode.codings(response.header("content-encoding"))
+    if not applied:
+        return response.body[:_HEAD_BYTES]
+    if len(applied) > 1:
+        return None
+    body = response.body
+    try:
+        match applied[0]:
+            case "gzip" | "x-gzip":
+                return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, _HEAD_BYTES)
+            case "deflate":
+                try:
+                    return zlib.decompressobj().decompress(body, _HEAD_BYTES)
+                except zlib.error:  # raw deflate, as some servers send it
+                    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, _HEAD_BYTES)
+            case "br":
+                head: bytes = brotli.Decompressor().process(body, output_buffer_limit=_HEAD_BYTES)
+                return head[:_HEAD_BYTES]
+            case "zstd":
+                with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+                    return reader.read(_HEAD_BYTES)
+    except (zlib.error, brotli.error, zstandard.ZstdError, ValueError):
+        return None
+    return None
+
+
+def _may_hold_fields(response: Response) -> bool:
+    """A body where ``log.redact`` places may stand: declared JSON or form, or looking like
+    JSON; or one whose start cannot be seen."""
+    if media.declared_kind(response.header("content-type")) in _FIELDED:
+        return True
+    head = _decoded_head(response)
+    if head is None:
+        return True
+    if not head.strip(b" \t\r\n"):
+        return len(head) >= _HEAD_BYTES  # only whitespace so far: the rest is unseen
+    return media.looks_like_json(head)
+
+
+def _withholds_text(
+    exchange: Exchange,
+    comparison: Comparison,
+    noise: Sequence[Difference],
+    redactor: Redactor | None,
+) -> bool:
+    """Bodies that may hold redacted fields but were compared as text (invalid JSON, say) or
+    bytes: the redactor cannot find its places in lines, so the lines are not written."""
+    if not redactor or comparison.body_kind not in _TEXT_COMPARED:
+        return False
+    if not comparison.excerpt and not any(
+        d.where is Where.BODY for d in (*comparison.differences, *noise)
+    ):
+        return False  # nothing that quotes a body: a match, say
+    candidate = exchange.candidate
+    return _may_hold_fields(exchange.primary) or (
+        isinstance(candidate, Response) and _may_hold_fields(candidate)
+    )
+
+
+def _without_text(data: dict[str, Any]) -> bool:
+    """Drop the line texts of a text difference (its line numbers stay); True if any was."""
+    dropped = False
+    for side in ("primary", "candidate"):
+        value = data[side]
+        if isinstance(value, dict) and "text" in value:
+            data[side] = {k: v for k, v in value.items() if k != "text"}
+            dropped = True
+    return dropped
+
+
 def _redact(difference: Difference) -> dict[str, Any]:
     data = difference.to_dict()
     if difference.where is Where.HEADER and difference.path.lower() in SECRET_HEADERS:
@@ -93,9 +178,17 @@ def _redact(difference: Difference) -> dict[str, Any]:
     return data
 
 
-def _recorded(differences: Sequence[Difference], redactor: Redactor | None) -> list[dict[str, Any]]:
+def _recorded(
+    differences: Sequence[Difference], redactor: Redactor | None, withhold: bool = False
+) -> tuple[list[dict[str, Any]], bool]:
+    """The differences as written, and whether line texts were left out (``withhold``)."""
     items = [_redact(d) for d in differences]
-    return redactor.differences(items) if redactor else items
+    withheld = False
+    if withhold:
+        for item in items:
+            if item["where"] == Where.BODY.value and _without_text(item):
+                withheld = True
+    return (redactor.differences(items) if redactor else items), withheld
 
 
 def outcome_of(candidate: Response | Failure, comparison: Comparison | None) -> Outcome:
@@ -115,7 +208,9 @@ def build_record(
     """The log line for one exchange; ``comparison`` is None when the candidate failed.
 
     ``redactor`` hides body fields (``log.redact``), ``query`` query values
-    (``log.redact_query``) in the path and in error details."""
+    (``log.redact_query``) in the path and in error details. Bodies that may hold redacted
+    fields but were compared line by line keep their line numbers, not the lines
+    (``body_text_withheld``)."""
     request = exchange.request
     record: dict[str, Any] = {
         "ts": datetime.fromtimestamp(exchange.started_at, UTC).isoformat().replace("+00:00", "Z"),
@@ -130,19 +225,27 @@ def build_record(
     }
     if exchange.secondary is not None:
         record["secondary"] = _side(exchange.secondary, query)
+    withhold = comparison is not None and _withholds_text(exchange, comparison, noise, redactor)
+    withheld = False
     if comparison is not None:
-        record["differences"] = _recorded(comparison.differences, redactor)
+        record["differences"], withheld = _recorded(comparison.differences, redactor, withhold)
         record["difference_count"] = comparison.total
         record["body_kind"] = comparison.body_kind
         if comparison.notes:
             record["notes"] = list(comparison.notes)
         if comparison.excerpt:
-            record["excerpt"] = comparison.excerpt
+            if withhold:
+                withheld = True
+            else:
+                record["excerpt"] = comparison.excerpt
     else:
         record["differences"] = []
         record["difference_count"] = 0
     if noise:
-        record["noise"] = _recorded(noise, redactor)
+        record["noise"], noise_withheld = _recorded(noise, redactor, withhold)
+        withheld = withheld or noise_withheld
+    if withheld:
+        record["notes"] = [*record.get("notes", ()), TEXT_WITHHELD]
     if exchange.tags:
         record["tags"] = dict(exchange.tags)
     return record
