@@ -55,10 +55,14 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 async def primary_reachable(config: Config) -> bool:
-    url = URL(config.primary.url)
+    primary = config.primary
     try:
         async with asyncio.timeout(READY_PROBE_TIMEOUT):
-            _, writer = await asyncio.open_connection(url.host, url.port)
+            if primary.unix_socket is not None:
+                _, writer = await asyncio.open_unix_connection(primary.unix_socket)
+            else:
+                url = URL(primary.url)
+                _, writer = await asyncio.open_connection(url.host, url.port)
     except (OSError, TimeoutError):
         return False
     writer.close()

@@ -58,6 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if loaded is None or path is None:
         return EXIT_USAGE
     config, text = loaded
+    unreadable = config.unreadable_files()
+    if unreadable:
+        print("shadowproxy: cannot start:\n" + "\n".join(unreadable), file=sys.stderr)
+        return 1
     workers = args.workers if args.workers is not None else available_cores()
     # Before any thread starts (the operational log's writer): threads inherit the hold, so
     # a SIGHUP during start-up waits for the main thread's handler (see signals.py).

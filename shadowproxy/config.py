@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from yarl import URL
 
 from shadowproxy.endpoints import EndpointPattern
 
@@ -133,11 +134,16 @@ def _positive(value: float) -> float:
 
 def _parse_host_port(value: Any) -> Any:
     if not isinstance(value, str):
-        return value
+        if isinstance(value, dict | HostPort):
+            return value
+        raise ValueError('must be "host:port", such as "127.0.0.1:8080"')
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError('must be "host:port" with a port from 0 to 65535')
-    host = host.strip("[]") or "0.0.0.0"
+    host = host.strip("[]")
+    if not host:
+        # ":9901" would bind every interface: for the admin listener that is never a default.
+        raise ValueError('must name the host: "0.0.0.0:PORT" for every interface')
     return HostPort(host=host, port=int(port))
 
 
@@ -244,6 +250,16 @@ class Backend(Model):
             return value
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http://, https:// or unix:// URL")
+        if any(c.isspace() for c in value) or "?" in value or "#" in value:
+            # A request's own query is sent; one here would be lost or doubled.
+            raise ValueError("must not hold spaces, a query (?) or a fragment (#)")
+        try:
+            port = URL(value).port
+        except ValueError as error:
+            reason = str(error).removeprefix("Invalid URL: ")
+            raise ValueError(f"not a valid URL: {reason}") from None
+        if not port:
+            raise ValueError("port must be between 1 and 65535")
         return value.rstrip("/")
 
     @property
@@ -600,7 +616,7 @@ class MirrorRule(Model):
 
 
 class LogConfig(Model):
-    path: Annotated[str, AfterValidator(_single_line)] = "-"
+    path: Annotated[str, Field(min_length=1), AfterValidator(_single_line)] = "-"
     """A file, or ``-`` for standard output."""
     redact: list[PointerPattern] = Field(default_factory=list)
     """Body fields whose values are replaced with "[redacted]" in logged values."""
@@ -776,6 +792,36 @@ class Config(Model):
         kept["log"] = new.log.model_copy(update={"path": self.log.path})
         return new.model_copy(update=kept)
 
+    def unreadable_files(self) -> list[str]:
+        """``key: path: why`` for each certificate, key or CA file set that cannot be read;
+        checked at start so that the message names the key, where ssl's does not even name
+        the file."""
+        files: list[tuple[str, str | None]] = []
+        if self.listen_tls is not None:
+            files += [
+                ("listen_tls.cert_file", self.listen_tls.cert_file),
+                ("listen_tls.key_file", self.listen_tls.key_file),
+            ]
+        for name in ("primary", "candidate", "secondary"):
+            backend: Backend | None = getattr(self, name)
+            if backend is not None:
+                tls = backend.tls
+                files += [
+                    (f"{name}.tls.ca_file", tls.ca_file),
+                    (f"{name}.tls.cert_file", tls.cert_file),
+                    (f"{name}.tls.key_file", tls.key_file),
+                ]
+        problems = []
+        for key, path in files:
+            if path is None:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as error:
+                problems.append(f"{key}: {path}: {error.strerror or error}")
+        return problems
+
     def restart_only_changes(self, new: Config) -> list[str]:
         """The keys ``new`` changes that take effect only after a restart."""
         changed = [key for key in RESTART_ONLY_KEYS if getattr(self, key) != getattr(new, key)]
@@ -835,9 +881,14 @@ class Config(Model):
 # --- loading and error messages -------------------------------------------------------------
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
+def _location(loc: tuple[int | str, ...], *, last_is_a_key: bool = False) -> str:
+    """``loc`` as the operator wrote it; ``last_is_a_key``: the last item is the operator's
+    own key (an unknown one), shown whatever it is called, ``list`` and ``str`` included."""
     parts: list[str] = []
-    for item in loc:
+    for index, item in enumerate(loc):
+        if last_is_a_key and index == len(loc) - 1:
+            parts.append(("." if parts else "") + str(item))
+            continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
         elif item.startswith(("function-", "tagged-union")) or item in (
@@ -869,7 +920,7 @@ def format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         message = _message(item)
-        location = _location(item["loc"])
+        location = _location(item["loc"], last_is_a_key=item["type"] == "extra_forbidden")
         if ":" in message.split(" ", 1)[0]:  # a validator that already names its key
             lines.append(message)
         else:
@@ -877,17 +928,39 @@ def format_validation_error(error: ValidationError) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
-def _numbers_in_range(data: Any, where: tuple[int | str, ...] = ()) -> None:
-    """Integers past 64 bits fit no setting, and the config's digest (JSON) cannot hold
-    them; refuse them by name before any validator sees them."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            _numbers_in_range(value, (*where, key if isinstance(key, int | str) else str(key)))
-    elif isinstance(data, list):
-        for index, value in enumerate(data):
-            _numbers_in_range(value, (*where, index))
-    elif isinstance(data, int) and not -MAX_NUMBER <= data <= MAX_NUMBER:
+MAX_CONFIG_VALUES = 100_000
+"""Values a config may hold once YAML aliases are expanded: a real one holds a few thousand,
+and a few lines of nested aliases would otherwise expand to billions for the validators."""
+
+
+def _check_values(data: Any, where: tuple[int | str, ...], sizes: dict[int, int]) -> int:
+    """How many values ``data`` holds, aliases expanded; integers past 64 bits, which fit no
+    setting and which the config's digest (JSON) cannot hold, are refused by name. A mapping
+    or list reached again through an alias is counted again but not walked again."""
+    if isinstance(data, dict | list):
+        known = sizes.get(id(data))
+        if known is not None:
+            return known
+        items = data.items() if isinstance(data, dict) else enumerate(data)
+        size = 1
+        for key, value in items:
+            if isinstance(data, dict) and not isinstance(key, str):
+                # YAML reads `null:`, `2024-01-01:` or `yes:` as no string at all.
+                raise ConfigError(
+                    f"{_location(where)}: the key {yaml.safe_dump(key).split(chr(10))[0]} "
+                    "must be a string (quote it)"
+                )
+            size += _check_values(value, (*where, key), sizes)
+            if size > MAX_CONFIG_VALUES:
+                raise ConfigError(
+                    f"{_location(where) or 'config'}: more than {MAX_CONFIG_VALUES:,} values "
+                    "(YAML aliases expanding?)"
+                )
+        sizes[id(data)] = size
+        return size
+    if isinstance(data, int) and not -MAX_NUMBER <= data <= MAX_NUMBER:
         raise ConfigError(f"{_location(where)}: the number is too large")
+    return 1
 
 
 def parse_config(data: Any, source: str = "config") -> Config:
@@ -896,7 +969,7 @@ def parse_config(data: Any, source: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
     try:
-        _numbers_in_range(data)
+        _check_values(data, (), {})
         return Config.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error)) from None

@@ -166,6 +166,9 @@ class Metrics:
         self.reloads = Counter(
             "shadowproxy_config_reloads", "Config reloads by result.", ["result"], registry=r
         )
+        for result in ("ok", "invalid"):
+            # Shown at 0 from the start: an alert on failed reloads needs a series to watch.
+            self.reloads.labels(result)
         self.captured = Counter(
             "shadowproxy_capture_exchanges",
             "Exchanges captured for replay, by result: written, dropped (buffer full), lost.",

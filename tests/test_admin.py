@@ -17,9 +17,8 @@ from shadowproxy.config import parse_config
 from shadowproxy.report.html import render_html
 from shadowproxy.report.live import LiveView
 
-CONFIG = parse_config(
-    {"primary": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}}
-)
+CONFIG_CANDIDATE = {"url": "http://127.0.0.1:2"}
+CONFIG = parse_config({"primary": {"url": "http://127.0.0.1:1"}, "candidate": CONFIG_CANDIDATE})
 
 
 @pytest.fixture
@@ -63,3 +62,13 @@ async def test_a_page_that_takes_long_to_render_holds_up_nothing_else(
         async with await page as response:
             assert response.status == 200
             assert "<html" in (await response.text()).lower()
+
+
+@pytest.mark.timeout(20)
+async def test_readiness_probes_a_unix_socket_primary(tmp_path: Any) -> None:
+    path = str(tmp_path / "primary.sock")
+    config = parse_config({"primary": {"url": f"unix://{path}"}, "candidate": CONFIG_CANDIDATE})
+    assert not await admin.primary_reachable(config)  # no socket yet: not ready, no error
+    server = await asyncio.start_unix_server(lambda _r, w: w.close(), path)
+    async with server:
+        assert await admin.primary_reachable(config)

@@ -69,6 +69,17 @@ def test_missing_required_key() -> None:
             'diff.endpoints[0].unordered[0].path: JSON Pointer pattern "roles" must start',
         ),
         ({"diff": {"ignore": ["/a~2b"]}}, 'diff.ignore[0]: JSON Pointer pattern "/a~2b": "~"'),
+        ({"primary": {"url": "http://a:notaport"}}, "primary.url: not a valid URL: port can"),
+        ({"primary": {"url": "http://127.0.0.1:99999"}}, "primary.url: not a valid URL: Port"),
+        ({"primary": {"url": "http://[::1"}}, "primary.url: not a valid URL"),
+        ({"primary": {"url": "http://h:0"}}, "primary.url: port must be between 1 and 65535"),
+        ({"candidate": {"url": "http://b?x=1"}}, "candidate.url: must not hold spaces, a query"),
+        ({"candidate": {"url": "http://b c"}}, "candidate.url: must not hold spaces"),
+        ({"admin": ":9901"}, 'admin: must name the host: "0.0.0.0:PORT"'),
+        ({"listen": 8080}, 'listen: must be "host:port", such as'),
+        ({"log": {"path": ""}}, "log.path: string should have at least 1 character"),
+        ({"mirror": {"list": 1}}, "mirror.list: unknown key"),
+        ({"mirror": {None: 1}}, "mirror: the key null must be a string (quote it)"),
     ],
 )
 def test_bad_values_name_their_key(data: dict[str, object], expected: str) -> None:
@@ -122,6 +133,27 @@ def test_run_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_run_names_the_key_of_a_missing_certificate(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "primary: {url: 'http://127.0.0.1:1'}\n"
+        "candidate: {url: 'http://127.0.0.1:2'}\n"
+        "listen_tls: {address: '127.0.0.1:0', cert_file: /no/cert.pem, key_file: /no/key.pem}\n",
+    )
+    result = run_cli("run", "--config", str(path))
+    assert result.returncode == 1
+    assert "listen_tls.cert_file: /no/cert.pem: No such file or directory" in result.stderr
+    assert "listen_tls.key_file: /no/key.pem" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_refuses_no_workers(tmp_path: Path) -> None:
+    path = write(tmp_path, "primary: {url: 'http://a:1'}\ncandidate: {url: 'http://b:2'}\n")
+    result = run_cli("run", "--config", str(path), "--workers", "0")
+    assert result.returncode == 2
+    assert "--workers/-w: 0: must be at least 1" in result.stderr
+
+
 def test_check_config_reports_ok_and_missing_file(tmp_path: Path) -> None:
     good = write(tmp_path, "primary: {url: 'http://a:1'}\ncandidate: {url: 'http://b:2'}\n")
     ok = run_cli("check-config", str(good))
@@ -160,3 +192,30 @@ def test_a_reload_keeps_what_only_a_restart_changes() -> None:
 def test_credentials_are_taken_out_of_urls() -> None:
     assert without_credentials("http://u:p@h:1/x") == "http://[redacted]@h:1/x"
     assert without_credentials("http://h:1/a@b") == "http://h:1/a@b"
+
+
+def test_yaml_aliases_cannot_expand_without_bound(tmp_path: Path) -> None:
+    """Nine levels of nine aliases would be 387 million values for the validators."""
+    lines = [
+        "primary: {url: http://127.0.0.1:1}",
+        "candidate: {url: http://127.0.0.1:2}",
+        'a0: &a0 ["/x", "/x", "/x", "/x", "/x", "/x", "/x", "/x", "/x"]',
+        *(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)),
+        "diff: {ignore: *a8}",
+    ]
+    with pytest.raises(ConfigError, match=r"more than 100,000 values \(YAML aliases"):
+        load_config(write(tmp_path, "\n".join(lines)))
+
+
+def test_unreadable_certificate_files_are_named_by_key(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "primary": {"url": "https://127.0.0.1:1", "tls": {"ca_file": str(tmp_path / "ca")}},
+            "candidate": {"url": "http://127.0.0.1:2"},
+        }
+    )
+    assert config.unreadable_files() == [
+        f"primary.tls.ca_file: {tmp_path / 'ca'}: No such file or directory"
+    ]
+    (tmp_path / "ca").write_text("")
+    assert config.unreadable_files() == []
