@@ -1,7 +1,7 @@
 """WebSocket upgrades: relayed to the primary in both directions, never mirrored.
 
 Frames pass as they are (text, binary, ping, pong) and a close from either side is passed on
-with its code, so the client sees the primary's conversation.
+with its code and reason, so the client sees the primary's conversation.
 """
 
 from __future__ import annotations
@@ -145,7 +145,9 @@ async def _pump(
     source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
 ) -> None:
-    async for message in source:
+    # receive(), not ``async for``: iterating drops the CLOSE message, and its reason with it.
+    while True:
+        message = await source.receive()
         if message.type is WSMsgType.TEXT:
             await sink.send_str(message.data)
         elif message.type is WSMsgType.BINARY:
@@ -157,5 +159,6 @@ async def _pump(
         else:  # CLOSE, CLOSING, CLOSED or ERROR: the conversation is over
             break
     code = source.close_code or NORMAL_CLOSURE
+    reason = message.extra if message.type is WSMsgType.CLOSE and message.extra else ""
     with contextlib.suppress(ConnectionError, RuntimeError):
-        await sink.close(code=code if code != 1005 else NORMAL_CLOSURE)
+        await sink.close(code=code if code != 1005 else NORMAL_CLOSURE, message=reason.encode())

@@ -191,6 +191,36 @@ async def test_websocket_relayed_both_ways_and_never_mirrored(
     assert "shadowproxy_websocket_upgrades_total 1.0" in metrics
 
 
+async def test_websocket_close_reason_passes_both_ways(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    closed_by_client: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+
+    async def closing(request: web.BaseRequest) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        message = await ws.receive()
+        if message.type is WSMsgType.TEXT:  # "bye": the primary closes
+            await ws.close(code=4001, message=b"done here")
+        else:  # the client closed
+            await closed_by_client.put((message.data, message.extra))
+        return ws
+
+    primary = await serve(closing)
+    proxy = await make_proxy(primary.url, (await serve(ok)).url)
+    async with client.ws_connect(proxy.url + "/ws", autoclose=False) as ws:
+        await ws.send_str("bye")
+        message = await ws.receive()
+        assert (message.type, message.data, message.extra) == (
+            WSMsgType.CLOSE,
+            4001,
+            "done here",
+        )
+    async with client.ws_connect(proxy.url + "/ws") as ws:
+        await ws.close(code=4002, message=b"client leaves")
+    assert await closed_by_client.get() == (4002, "client leaves")
+
+
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
