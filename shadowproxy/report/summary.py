@@ -28,7 +28,7 @@ from shadowproxy.report.histogram import (
     LatencyHistogram,
 )
 from shadowproxy.report.timeseries import MAX_BUCKETS
-from shadowproxy.report.timestamps import format_ts
+from shadowproxy.report.timestamps import FIRST_EPOCH, format_ts
 
 SCHEMA = "shadowproxy.report/1"
 QUANTILES = (0.5, 0.95, 0.99)
@@ -314,7 +314,13 @@ def _summary_steps(
         timeseries=TimeSeriesReport(
             bucket_seconds=series.width,
             buckets=[
-                TimeBucketReport(format_ts(b.start), b.compared, b.mismatches, b.candidate_errors)
+                TimeBucketReport(
+                    # A wide bucket holding year 1 starts before it, where no date is written.
+                    format_ts(max(b.start, FIRST_EPOCH)),
+                    b.compared,
+                    b.mismatches,
+                    b.candidate_errors,
+                )
                 for b in series.snapshot()
             ],
         ),

@@ -9,6 +9,11 @@ from datetime import UTC, datetime
 _CACHE_LIMIT = 4096
 _second_cache: dict[str, float] = {}
 
+FIRST_EPOCH = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+END_EPOCH = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1
+"""Epoch seconds from ``FIRST_EPOCH`` up to, not including, ``END_EPOCH`` are the moments of
+years 1 to 9999 UTC: the ones ``format_ts`` can write."""
+
 _RELATIVE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -16,7 +21,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def parse_ts(text: str) -> float:
     """Epoch seconds of an ISO 8601 timestamp; naive ones are taken as UTC.
 
-    Raises ValueError (or TypeError for a non-string) when it is not one.
+    Raises ValueError (or TypeError for a non-string) when it is not one, or when it falls
+    outside years 1 to 9999 UTC (``+14:00`` on the first day of year 1 is in year 0).
     """
     # The proxy writes "YYYY-MM-DDTHH:MM:SS.ffffffZ"; thousands of records share a second, so
     # the calendar arithmetic is done once per second and only the fraction per record.
@@ -28,8 +34,20 @@ def parse_ts(text: str) -> float:
             if len(_second_cache) >= _CACHE_LIMIT:
                 _second_cache.clear()
             _second_cache[head] = base
-        return base if len(text) == 20 else base + float(text[19:-1])
-    return _full_parse(text)
+        if len(text) == 20:
+            return base
+        fraction = text[19:-1]
+        # Only digits: float() alone would also take ".1e5" (10000 s) or ".1_5".
+        if not fraction[1:].isdigit() or not fraction.isascii():
+            raise ValueError(f"not a fraction of a second: {text!r}")
+        epoch = base + float(fraction)
+        if epoch >= END_EPOCH:  # 9999-12-31T23:59:59.9999999Z rounds up to year 10000
+            raise ValueError(f"after the year 9999: {text!r}")
+        return epoch
+    epoch = _full_parse(text)
+    if not FIRST_EPOCH <= epoch < END_EPOCH:
+        raise ValueError(f"outside the years 1 to 9999 UTC: {text!r}")
+    return epoch
 
 
 def _full_parse(text: str) -> float:
@@ -59,4 +77,5 @@ def format_ts(epoch: float, *, micros: bool = False) -> str:
     """Epoch seconds in the log's format, to the millisecond (or microsecond, as the log)."""
     moment = datetime.fromtimestamp(epoch, tz=UTC)
     fraction = f"{moment.microsecond:06d}" if micros else f"{moment.microsecond // 1000:03d}"
-    return f"{moment.strftime('%Y-%m-%dT%H:%M:%S')}.{fraction}Z"
+    # isoformat, not strftime: %Y writes year 1 as "1" on glibc, which no ISO reader takes.
+    return f"{moment.replace(tzinfo=None).isoformat(timespec='seconds')}.{fraction}Z"

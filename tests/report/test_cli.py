@@ -12,6 +12,7 @@ import pytest
 from shadowproxy.report.cli import main
 from shadowproxy.report.synthetic import DEFAULT_START, exchange_record, generate
 from shadowproxy.report.timestamps import format_ts
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 WriteLog = Callable[..., Path]
@@ -246,3 +247,31 @@ def test_verdict_status_survives_a_closed_stderr(write_log: WriteLog, failing: P
     assert b"FAIL" in failed.stdout
     missing = run_with_closed("stderr", "verdict", "/nonexistent/log.jsonl", *BARS)
     assert missing.returncode == 2
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+@pytest.mark.parametrize("command", ["report", "verdict"])
+def test_out_of_range_timestamps_are_invalid_records(
+    command: str, ts: str, healthy: Path, write_log: WriteLog
+) -> None:
+    odd = write_log("odd.jsonl", [exchange_record(), {**exchange_record(), "ts": ts}])
+    bars = BARS if command == "verdict" else []
+    result = run_cli(command, str(healthy), str(odd), "--json", *bars)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "skipped 1 exchange record(s)" in result.stderr
+    if command == "report":
+        data = orjson.loads(result.stdout)
+        assert data["input"]["invalid"] == 1
+        assert data["overall"]["compared"] == 1201
+
+
+def test_a_record_in_year_1_is_reported(write_log: WriteLog) -> None:
+    early = {**exchange_record(), "ts": "0001-01-01T00:00:00Z"}
+    log = write_log("early.jsonl", [exchange_record(ts=DEFAULT_START), early])
+    result = run_cli("report", str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert data["window"]["first"] == "0001-01-01T00:00:00.000Z"
+    # The first time bucket is wide enough to start before year 1; it is shown from year 1.
+    assert data["timeseries"]["buckets"][0]["start"] == "0001-01-01T00:00:00.000Z"

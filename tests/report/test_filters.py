@@ -56,3 +56,25 @@ def test_absolute_and_bad_times() -> None:
     assert parse_when("2026-11-27") == DEFAULT_START - (18 * 3600 + 40 * 60)
     with pytest.raises(ValueError, match="neither an ISO 8601 time"):
         parse_when("last tuesday")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("0001-01-01T00:00:00+14:00", "outside the years 1 to 9999"),  # year 0 in UTC
+        ("9999-12-31T23:59:59-14:00", "outside the years 1 to 9999"),  # year 10000 in UTC
+        ("9999-12-31T23:59:59.9999999Z", "after the year 9999"),  # rounds up into 10000
+        ("2026-11-27T18:40:21.1e5Z", "not a fraction"),  # float() would read 10000 s
+        ("2026-11-27T18:40:21.1_5Z", "not a fraction"),
+        ("2026-11-27T18:40:21.Z", "not a fraction"),
+        ("2026-11-27T18:40:21.\u0663Z", "not a fraction"),  # a non-ASCII digit
+    ],
+)
+def test_parse_ts_refuses_what_cannot_be_a_log_time(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_ts(text)
+
+
+def test_first_and_last_representable_times_round_trip() -> None:
+    for text in ("0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.500Z"):
+        assert format_ts(parse_ts(text)) == text
