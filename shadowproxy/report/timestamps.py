@@ -63,14 +63,19 @@ def parse_when(text: str, now: float | None = None) -> float:
     relative = _RELATIVE.fullmatch(text)
     if relative:
         amount, unit = float(relative.group(1)), relative.group(2).lower()
-        return (time.time() if now is None else now) - amount * _UNIT_SECONDS[unit]
-    try:
-        return _full_parse(text.strip())
-    except ValueError:
-        raise ValueError(
-            f'"{text}" is neither an ISO 8601 time (2026-11-27T18:00:00Z) '
-            "nor a duration such as 30m, 1h or 2d"
-        ) from None
+        epoch = (time.time() if now is None else now) - amount * _UNIT_SECONDS[unit]
+    else:
+        try:
+            epoch = _full_parse(text.strip())
+        except ValueError:
+            raise ValueError(
+                f'"{text}" is neither an ISO 8601 time (2026-11-27T18:00:00Z) '
+                "nor a duration such as 30m, 1h or 2d"
+            ) from None
+    # The window is written back as a date in the report, which only years 1 to 9999 have.
+    if not FIRST_EPOCH <= epoch < END_EPOCH:
+        raise ValueError(f'"{text}" is outside the years 1 to 9999 UTC')
+    return epoch
 
 
 def format_ts(epoch: float, *, micros: bool = False) -> str:

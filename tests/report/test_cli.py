@@ -275,3 +275,22 @@ def test_a_record_in_year_1_is_reported(write_log: WriteLog) -> None:
     assert data["window"]["first"] == "0001-01-01T00:00:00.000Z"
     # The first time bucket is wide enough to start before year 1; it is shown from year 1.
     assert data["timeseries"]["buckets"][0]["start"] == "0001-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--since", "100000000d"),
+        ("--since", "99999999999999999999w"),
+        ("--until", "9999-12-31T23:59:59-14:00"),
+    ],
+)
+@pytest.mark.parametrize("command", ["report", "verdict"])
+def test_window_bounds_outside_the_calendar_are_usage_errors(
+    command: str, option: str, value: str, healthy: Path
+) -> None:
+    bars = BARS if command == "verdict" else []
+    result = run_cli(command, str(healthy), option, value, *bars)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f'argument {option}: "{value}" is outside the years 1 to 9999 UTC' in result.stderr

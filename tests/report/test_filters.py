@@ -78,3 +78,18 @@ def test_parse_ts_refuses_what_cannot_be_a_log_time(text: str, reason: str) -> N
 def test_first_and_last_representable_times_round_trip() -> None:
     for text in ("0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.500Z"):
         assert format_ts(parse_ts(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "100000000d",  # year -271764
+        "99999999999999999999w",  # past what a date can hold at all
+        "9" * 400 + "s",  # infinite as a float
+        "9999-12-31T23:59:59-14:00",  # year 10000 in UTC
+        "0001-01-01T00:00:00+00:01",  # year 0 in UTC
+    ],
+)
+def test_times_outside_the_calendar_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="outside the years 1 to 9999"):
+        parse_when(text, now=DEFAULT_START)
