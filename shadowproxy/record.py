@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
+from urllib.parse import unquote_plus
 
 import brotli
 import structlog
@@ -50,23 +51,45 @@ OUTPUT_DRAIN_TIMEOUT = 2.0
 OUTPUT_WAIT_STEP = 0.25
 
 
+_PARAMETER = re.compile(r"(?<=[?&;])[^&;#]+")
+"""A query parameter: after ``?``, ``&`` or ``;``, up to the next of ``&``, ``;`` or ``#``."""
+_TRAILING_BRACKETS = re.compile(r"(?:\[[^\]]*\])+$")
+_ENCODED_EQUALS = "%3d"
+
+
 class QueryRedactor:
     """Replaces the values of named query parameters with ``[redacted]``, in a request path
     (``/login?user=ada&token=[redacted]``) and in text that quotes a URL, such as an error
-    message. Names are compared case-insensitively; the rest of the text stays as it was."""
+    message; the rest of the text stays as it was, byte for byte.
+
+    A name is compared as a server may read it: percent-decoded (``%74oken``), without a
+    trailing ``[...]`` (``token[]``), in any case. The value is everything up to the next
+    ``&``, ``;`` or ``#``, whatever it holds; a name whose ``=`` is percent-encoded
+    (``token%3dS``, which a server that decodes before it splits reads as ``token=S``) has
+    what follows the ``%3d`` replaced."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        alternatives = "|".join(re.escape(n) for n in sorted({n.lower() for n in names}))
-        self._pattern = (
-            re.compile(rf"(?<=[?&;])({alternatives})=[^&#;\s'\"<>)]*", re.IGNORECASE)
-            if alternatives
-            else None
-        )
+        self._names = frozenset(n.lower() for n in names)
 
     def __call__(self, text: str) -> str:
-        if self._pattern is None or "=" not in text:
+        if not self._names or ("=" not in text and "%" not in text):
             return text
-        return self._pattern.sub(rf"\1={REDACTED}", text)
+        return _PARAMETER.sub(self._parameter, text)
+
+    def _parameter(self, match: re.Match[str]) -> str:
+        raw = match.group()
+        name, equals, _ = raw.partition("=")
+        encoded = name.lower().find(_ENCODED_EQUALS)
+        if encoded >= 0:
+            name, equals = raw[:encoded], raw[encoded : encoded + len(_ENCODED_EQUALS)]
+        if not equals or not self.secret(name):
+            return raw
+        return f"{name}{equals}{REDACTED}"
+
+    def secret(self, name: str) -> bool:
+        """Whether the parameter called ``name`` (as written in the URL) is redacted."""
+        decoded = unquote_plus(name) if "%" in name or "+" in name else name
+        return _TRAILING_BRACKETS.sub("", decoded).lower() in self._names
 
 
 DEFAULT_QUERY_REDACTOR = QueryRedactor(DEFAULT_REDACT_QUERY)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import gzip
 import socket
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from tests.conftest import Handler, RawResponder
 from tests.e2e.conftest import StartProxy
@@ -203,3 +205,31 @@ async def test_text_bodies_without_fields_keep_their_lines_under_redaction(
     assert "+<p>TWO</p>" in record["excerpt"]
     [body] = [d for d in record["differences"] if d["where"] == "body"]
     assert body["candidate"]["text"] == "<p>TWO</p>"
+
+
+async def test_query_secrets_under_encoded_or_variant_names_stay_out_of_log_and_capture(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    primary = await serve(json_handler(b'{"n": 1}'))
+    candidate = await serve(json_handler(b'{"n": 2}'))
+    capture = tmp_path / "capture.jsonl"
+    proxy = await make_proxy(primary.url, candidate.url, capture={"path": str(capture)})
+    query = (
+        "?%74oken=Q1-SECRET&api%5Fkey=Q2-SECRET&token[]=Q3-SECRET&page=2"
+        "&token%3dQ4-SECRET&sig=abc)Q5-SECRET&keep=%41+b"
+    )
+    async with client.get(URL(proxy.url + "/x" + query, encoded=True)) as response:
+        assert response.status == 200
+    [record] = await proxy.records()
+    assert proxy.proxy.capture is not None
+    await proxy.proxy.capture.close()
+    assert MARK not in orjson.dumps(record).decode()
+    assert MARK not in capture.read_text()
+    redacted = (
+        "?%74oken=[redacted]&api%5Fkey=[redacted]&token[]=[redacted]&page=2"
+        "&token%3d[redacted]&sig=[redacted]&keep=%41+b"
+    )
+    assert record["path"] == "/x" + redacted
+    [entry] = [orjson.loads(line) for line in capture.read_bytes().splitlines()]
+    assert entry["request"]["url"].endswith("/x" + redacted)
+    assert {"name": "keep", "value": "A b"} in entry["request"]["queryString"]
