@@ -121,7 +121,9 @@ def classify_parse_error(error: HttpProcessingError, limits: LimitsConfig) -> tu
 def _target_problem(request: web.BaseRequest) -> tuple[int, str, str] | None:
     """Why this request must not be forwarded, or None."""
     target = request.raw_path
-    if not target.startswith("/"):
+    # Besides paths, the asterisk-form: OPTIONS about the server as a whole (RFC 9112,
+    # section 3.2.4).
+    if not target.startswith("/") and not (target == "*" and request.method == "OPTIONS"):
         detail = "the request target must be a path (origin-form), such as /items?page=2"
         return 400, "bad_request", detail
     codings = request.headers.getall("Transfer-Encoding", [])

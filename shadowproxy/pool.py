@@ -616,8 +616,9 @@ class Pool:
         return len(self._open) + self._connecting
 
     def target(self, raw_path: str) -> str:
-        """The request target for a raw client path: percent-encoding kept as received."""
-        return self.prefix + raw_path if self.prefix else raw_path
+        """The request target for a raw client path: percent-encoding kept as received. ``*``
+        (``OPTIONS *``) names the server, not a path: no prefix goes before it."""
+        return self.prefix + raw_path if self.prefix and raw_path != "*" else raw_path
 
     async def request(
         self,

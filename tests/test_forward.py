@@ -260,6 +260,19 @@ async def test_request_headers_forwarded_with_forwarding_context(
     assert seen.header("User-Agent") is None  # nothing the client did not send
 
 
+async def test_options_asterisk_reaches_both_backends_without_the_path_prefix(
+    serve: Serve, candidate: Backend, make_proxy: MakeProxy
+) -> None:
+    primary = await serve(ok)
+    proxy = await make_proxy(primary.url + "/base", candidate.url)
+    raw = await raw_get(proxy.url, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200"), raw
+    [record] = await proxy.records()
+    assert [s.raw_path for s in primary.seen] == ["*"]  # not "/base*"
+    assert [s.raw_path for s in candidate.seen] == ["*"]
+    assert (record["path"], record["outcome"]) == ("*", "match")
+
+
 async def test_host_rewritten_when_config_says_so(
     serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:

@@ -395,6 +395,15 @@ async def test_backend_path_prefix_goes_before_the_target(
     assert server.requests[0].line == b"GET /prefix/a%2Fb?x=%20 HTTP/1.1"
 
 
+async def test_asterisk_target_gets_no_path_prefix(
+    raw_server: StartServer, make_pool: MakePool
+) -> None:
+    server = await raw_server(answer_each(ok()))
+    pool = make_pool(server.url + "/prefix")
+    await fetch(pool, "OPTIONS", "*")
+    assert server.requests[0].line == b"OPTIONS * HTTP/1.1"
+
+
 async def test_url_credentials_become_basic_authorization(
     raw_server: StartServer, make_pool: MakePool
 ) -> None:

@@ -90,6 +90,7 @@ MALFORMED = {
         400,
     ),
     "absolute-form target": (b"GET http://elsewhere/x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "asterisk-form target, not OPTIONS": (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     "authority-form target": (b"CONNECT internal:443 HTTP/1.1\r\nHost: internal:443\r\n\r\n", 400),
 }
 
