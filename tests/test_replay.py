@@ -480,3 +480,22 @@ async def test_a_lossless_log_holds_its_writer_back_while_the_reader_is_behind()
     os.close(read_end)
     assert len(received[0].splitlines()) == 300
     assert writer.lost == 0
+
+
+async def test_query_redaction_from_the_config_applies_to_the_replay_log(
+    serve: Serve, tmp_path: Path
+) -> None:
+    candidate = await serve(json_answer({"n": 1, "price": 11}))
+    recorded = entry(1)
+    recorded["request"]["url"] = "http://shop.test/items/1?Session_ID=R-SECRET&page=2"
+    capture = write_capture(tmp_path / "c.jsonl", [recorded])
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("log:\n  redact_query: [session_id]\n")
+    log = tmp_path / "log.jsonl"
+    result = await cli(
+        str(capture), "--candidate", candidate.url, "--config", str(rules), "--log", str(log)
+    )
+    assert result.returncode == 0, result.stderr
+    [logged] = read_log(log)
+    assert logged["path"] == "/items/1?Session_ID=[redacted]&page=2"
+    assert candidate.seen[0].raw_path == "/items/1?Session_ID=R-SECRET&page=2"  # sent as recorded

@@ -30,7 +30,7 @@ from shadowproxy.config import (
 )
 from shadowproxy.har import CaptureInputError, count_entries, read_entries
 from shadowproxy.noise import NoiseModel
-from shadowproxy.record import LogWriter
+from shadowproxy.record import LogWriter, QueryRedactor
 from shadowproxy.redact import Redactor
 from shadowproxy.replay.engine import Pacer, Replayer, ReplayStats, Targets
 from shadowproxy.replay.progress import ProgressDisplay
@@ -127,8 +127,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--config",
         "-c",
         metavar="FILE",
-        help="a config file whose diff rules (diff, mirror.rules' diff), log.redact and noise "
-        "settings apply; a file with only those sections will do",
+        help="a config file whose diff rules (diff, mirror.rules' diff), log.redact, "
+        "log.redact_query and noise settings apply; a file with only those sections will do",
     )
     replay.add_argument(
         "--log", default="-", metavar="PATH", help="the discrepancy log to append to (default -)"
@@ -277,6 +277,7 @@ async def _replay(args: argparse.Namespace, setup: Setup) -> int:
         noise=NoiseModel.from_config(config.noise) if setup.targets.secondary else None,
         stats=stats,
         output_room=writer.room,
+        query=QueryRedactor(config.log.redact_query),
     )
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -33,7 +33,7 @@ from shadowproxy.har import InvalidEntry, Item, ReadCounts, Recorded, parse_entr
 from shadowproxy.headers import HOP_BY_HOP, REDACTED, mirror_request_headers, new_request_id
 from shadowproxy.noise import NoiseModel, gives_evidence, without_noise
 from shadowproxy.pool import Pool, Timing
-from shadowproxy.record import build_record
+from shadowproxy.record import DEFAULT_QUERY_REDACTOR, QueryRedactor, build_record
 from shadowproxy.redact import Redactor
 from shadowproxy.upstream import fetch, make_pool
 
@@ -190,9 +190,11 @@ class Replayer:
         noise: NoiseModel | None = None,
         stats: ReplayStats | None = None,
         output_room: Callable[[], Awaitable[None]] | None = None,
+        query: QueryRedactor = DEFAULT_QUERY_REDACTOR,
     ) -> None:
         """``output_room`` is awaited before each request is sent: a log whose reader is
-        behind holds the replay back rather than losing records."""
+        behind holds the replay back rather than losing records. ``query`` hides
+        ``log.redact_query`` values in the records and in what the summary says."""
         self.targets = targets
         # Every request in flight may wait for a comparison: none must be skipped for a full
         # queue, as the proxy would under load.
@@ -203,6 +205,7 @@ class Replayer:
         self._allow_unsafe = allow_unsafe
         self._overrides = tuple(headers)
         self._redactor = redactor
+        self._query = query
         self._noise = noise if targets.secondary is not None else None
         self.stats = stats or ReplayStats()
         self._output_room = output_room
@@ -317,7 +320,8 @@ class Replayer:
         try:
             await self._one(recorded)
         except Exception as error:
-            self.stats.skipped[f"{Skip.FAILED} ({type(error).__name__}: {error})"] += 1
+            reason = self._query(f"{type(error).__name__}: {error}")
+            self.stats.skipped[f"{Skip.FAILED} ({reason})"] += 1
 
     async def _one(self, recorded: Recorded) -> None:
         targets = self.targets
@@ -389,7 +393,9 @@ class Replayer:
             secondary=secondary,
             tags={"replay": "live" if self.targets.primary is not None else "recorded"},
         )
-        record = build_record(exchange, comparison, noise=noise, redactor=self._redactor)
+        record = build_record(
+            exchange, comparison, noise=noise, redactor=self._redactor, query=self._query
+        )
         stats = self.stats
         stats.completed += 1
         if comparison is None:
