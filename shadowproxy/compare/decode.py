@@ -11,6 +11,9 @@ import zstandard
 _IDENTITY = frozenset({"", "identity"})
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
+MAX_MEMBERS = 32
+"""gzip members or zstd frames one body may hold. Servers send one; each further one costs a
+copy of the rest of the body, so thousands of empty members would take seconds to decode."""
 
 
 class DecodeError(Exception):
@@ -31,7 +34,7 @@ def codings(content_encoding: str | None) -> tuple[str, ...]:
 
 def _zlib(data: bytes, limit: int, wbits: int) -> bytes:
     out = bytearray()
-    while True:
+    for _ in range(MAX_MEMBERS):
         decompressor = zlib.decompressobj(wbits)
         out += decompressor.decompress(data, limit + 1 - len(out))
         if len(out) > limit or decompressor.unconsumed_tail:
@@ -42,6 +45,7 @@ def _zlib(data: bytes, limit: int, wbits: int) -> bytes:
         # gzip allows several members one after another; anything else after the end is junk.
         if not data or wbits != _GZIP_WBITS:
             return bytes(out)
+    raise DecodeError(f"more than {MAX_MEMBERS} gzip members")
 
 
 def _gzip(data: bytes, limit: int) -> bytes:
@@ -78,7 +82,11 @@ def _zstd(data: bytes, limit: int) -> bytes:
     out = decompressor.decompress(data)
     if not decompressor.eof:
         raise DecodeError("compressed stream ends early")
+    frames = 1
     while decompressor.unused_data:  # further frames
+        frames += 1
+        if frames > MAX_MEMBERS:
+            raise DecodeError(f"more than {MAX_MEMBERS} zstd frames")
         data = decompressor.unused_data
         decompressor = zstandard.ZstdDecompressor().decompressobj()
         out += decompressor.decompress(data)

@@ -217,52 +217,62 @@ class _JsonDiff:
     def _by_key(
         self, a: list[Any], b: list[Any], state: State, key: str
     ) -> tuple[list[int], list[int]]:
-        """Pair elements by their ``key`` member; returns the indices without that member."""
-        slots: dict[Hashable, list[int]] = {}
-        loose_b: list[int] = []
-        for j, item in enumerate(b):
-            if type(item) is dict and key in item:
-                slots.setdefault(_canonical(item[key]), []).append(j)
-            else:
-                loose_b.append(j)
-        for indices in slots.values():
-            indices.reverse()  # pop() then takes duplicates in their order of appearance
+        """Pair elements by their ``key`` member; returns the indices without that member.
+
+        Elements that share a key are matched as a multiset first, as unkeyed ones are: the
+        same duplicates in another order are no difference.
+        """
+        groups: dict[Hashable, tuple[list[int], list[int]]] = {}
         loose_a: list[int] = []
-        removed: list[int] = []
-        for i, item in enumerate(a):
-            if type(item) is dict and key in item:
-                found = slots.get(_canonical(item[key]))
-                if found:
-                    self._pair(a, b, i, found.pop(), state)
+        loose_b: list[int] = []
+        for side, items, loose in ((0, a, loose_a), (1, b, loose_b)):
+            for index, item in enumerate(items):
+                if type(item) is dict and key in item:
+                    groups.setdefault(_canonical(item[key]), ([], []))[side].append(index)
                 else:
-                    removed.append(i)
-            else:
-                loose_a.append(i)
-        added = sorted(j for indices in slots.values() for j in indices)
-        self._extra(a, removed, Kind.REMOVED, state)
-        self._extra(b, added, Kind.ADDED, state)
+                    loose.append(index)
+        removed: list[int] = []
+        added: list[int] = []
+        for ia, ib in groups.values():
+            if len(ia) == 1 and len(ib) == 1:
+                self._pair(a, b, ia[0], ib[0], state)
+                continue
+            left_a, left_b = self._unmatched(a, b, ia, ib, state)
+            for i, j in zip(left_a, left_b, strict=False):
+                self._pair(a, b, i, j, state)
+            removed += left_a[len(left_b) :]
+            added += left_b[len(left_a) :]
+        self._extra(a, sorted(removed), Kind.REMOVED, state)
+        self._extra(b, sorted(added), Kind.ADDED, state)
         return loose_a, loose_b
 
-    def _as_multisets(
+    def _unmatched(
         self, a: list[Any], b: list[Any], ia: list[int], ib: list[int], state: State
-    ) -> None:
-        """Match equal elements through hashes of their canonical forms (linear, not
-        quadratic); what is left over is paired in order and diffed in detail."""
-        if not ia and not ib:
-            return
+    ) -> tuple[list[int], list[int]]:
+        """The indices of ``ia`` and ``ib`` left once equal elements are matched through
+        hashes of their canonical forms (linear, not quadratic), each in order."""
+        nulls = self._null_equals_missing
         slots: dict[Hashable, list[int]] = {}
         for j in ib:
-            slots.setdefault(_element_key(b[j], state.step(j)), []).append(j)
+            slots.setdefault(_element_key(b[j], state.step(j), nulls), []).append(j)
         for indices in slots.values():
             indices.reverse()
         left_a: list[int] = []
         for i in ia:
-            found = slots.get(_element_key(a[i], state.step(i)))
+            found = slots.get(_element_key(a[i], state.step(i), nulls))
             if found:
                 found.pop()
             else:
                 left_a.append(i)
-        left_b = sorted(j for indices in slots.values() for j in indices)
+        return left_a, sorted(j for indices in slots.values() for j in indices)
+
+    def _as_multisets(
+        self, a: list[Any], b: list[Any], ia: list[int], ib: list[int], state: State
+    ) -> None:
+        """Match equal elements; what is left over is paired in order and diffed in detail."""
+        if not ia and not ib:
+            return
+        left_a, left_b = self._unmatched(a, b, ia, ib, state)
         for i, j in zip(left_a, left_b, strict=False):
             self._pair(a, b, i, j, state)
         self._extra(a, left_a[len(left_b) :], Kind.REMOVED, state)
@@ -283,9 +293,19 @@ def _ignored(state: State, key: Key) -> bool:
     return below is not None and below.ignored
 
 
-def _element_key(item: Any, state: State | None) -> Hashable:
-    if state is None:
-        return _canonical(item)
-    if state.ignored:
-        return None
-    return _canonical(_without_ignored(item, state))
+def _element_key(item: Any, state: State | None, drop_nulls: bool = False) -> Hashable:
+    if state is not None:
+        if state.ignored:
+            return None
+        item = _without_ignored(item, state)
+    if drop_nulls:  # null_equals_missing: {"note": null} and {} are the same element
+        item = _without_nulls(item)
+    return _canonical(item)
+
+
+def _without_nulls(value: Any) -> Any:
+    if type(value) is dict:
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if type(value) is list:
+        return [_without_nulls(v) for v in value]
+    return value

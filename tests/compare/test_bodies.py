@@ -228,6 +228,16 @@ def test_raw_deflate_and_stacked_codings() -> None:
     assert compare(response(DOC), response(DOC, encoding="identity"), rules()).matched
 
 
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+def test_members_beyond_the_cap_are_undecodable(coding: str) -> None:
+    """Each member costs a copy of the rest: thousands of empty ones would take seconds."""
+    one = ENCODERS[coding](b"")
+    assert compare(response(b""), response(one * 32, encoding=coding), rules()).matched
+    result = compare(response(b""), response(one * 100_000, encoding=coding), rules())
+    assert result.body_kind == "binary"
+    assert "candidate_body_undecodable" in result.notes
+
+
 @pytest.mark.parametrize("coding", [*sorted(ENCODERS), "compress"])
 def test_undecodable_body_is_binary_with_a_note(coding: str) -> None:
     broken = ENCODERS.get(coding, gzip.compress)(DOC)[:-8] if coding != "deflate" else b"junk"

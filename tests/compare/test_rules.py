@@ -9,7 +9,7 @@ import pytest
 
 from shadowproxy.compare import Comparison, RuleBook, compare
 from shadowproxy.compare.paths import PathMatcher, PathRule, matches
-from shadowproxy.config import DiffConfig
+from shadowproxy.config import ConfigError, DiffConfig, EndpointDiffRules, parse_config
 
 from .support import paths, response, rules
 
@@ -86,8 +86,17 @@ def test_compiled_rules_pickle() -> None:
 
 
 def test_bad_endpoint_match_names_the_entry() -> None:
+    with pytest.raises(ConfigError, match=r"diff.endpoints\[0\].match: endpoint pattern"):
+        parse_config(
+            {
+                "primary": {"url": "http://a"},
+                "candidate": {"url": "http://b"},
+                "diff": {"endpoints": [{"match": "GET users"}]},
+            }
+        )
+    entry = EndpointDiffRules.model_construct(match="GET users")  # past validation, somehow
     with pytest.raises(ValueError, match=r"diff.endpoints\[0\].match"):
-        book(endpoints=[{"match": "GET users"}])
+        RuleBook.from_config(DiffConfig.model_construct(endpoints=[entry]))
 
 
 # --- ignore patterns ---------------------------------------------------------------------------
@@ -150,6 +159,24 @@ def test_unordered_by_key_pairs_elements_by_that_member() -> None:
         ("/items/1", "removed"),
         ("/items/1", "added"),
     }
+
+
+def test_unordered_by_key_matches_elements_sharing_a_key_as_a_multiset() -> None:
+    by_id = [{"path": "/items", "key": "id"}]
+    a = {"items": [{"id": 1, "v": "a"}, {"id": 1, "v": "b"}, {"id": 2, "v": "c"}]}
+    b = {"items": [{"id": 2, "v": "c"}, {"id": 1, "v": "b"}, {"id": 1, "v": "a"}]}
+    assert diff(a, b, unordered=by_id).matched
+    changed = {"items": [{"id": 1, "v": "b"}, {"id": 1, "v": "X"}, {"id": 2, "v": "c"}]}
+    assert paths(diff(a, changed, unordered=by_id)) == {("/items/0/v", "changed")}
+    extra = {"items": [*b["items"], {"id": 1, "v": "d"}]}
+    assert paths(diff(a, extra, unordered=by_id)) == {("/items/3", "added")}
+
+
+def test_unordered_matching_honours_null_equals_missing() -> None:
+    a = {"items": [{"id": 1, "note": None}, {"id": 2, "note": None}]}
+    b = {"items": [{"id": 2}, {"id": 1}]}
+    assert diff(a, b, unordered=["/items"], null_equals_missing=True).matched
+    assert not diff(a, b, unordered=["/items"]).matched
 
 
 def test_unordered_by_key_distinguishes_id_types() -> None:
