@@ -48,7 +48,11 @@ class ReportInputError(Exception):
 
 
 def expand_sources(names: Sequence[str]) -> list[str]:
-    """Files as given, globs expanded (sorted), ``-`` for stdin; missing ones raise."""
+    """Files as given, globs expanded (sorted), ``-`` for stdin; missing ones raise.
+
+    A file named more than once (again, by a glob, a link or as stdin redirected from it) is
+    read once, where it first appears: counted twice, it would double its exchanges.
+    """
     sources: list[str] = []
     for name in names:
         if name == STDIN or os.path.exists(name):
@@ -62,7 +66,26 @@ def expand_sources(names: Sequence[str]) -> list[str]:
             raise ReportInputError(f"{name}: no such file")
     if sources.count(STDIN) > 1:
         raise ReportInputError("standard input (-) can be read only once")
-    return sources
+    seen: set[tuple[int, int]] = set()
+    unique: list[str] = []
+    for name in sources:
+        identity = _identity(name)
+        if identity is not None:
+            if identity in seen:
+                continue
+            seen.add(identity)
+        unique.append(name)
+    return unique
+
+
+def _identity(name: str) -> tuple[int, int] | None:
+    """(device, inode) of the file ``name`` reads, or None when there is none to compare
+    (it vanished; stdin is closed): then opening it says what is wrong."""
+    try:
+        status = os.fstat(sys.stdin.fileno()) if name == STDIN else os.stat(name)
+    except (OSError, ValueError, AttributeError):  # ValueError, AttributeError: no stdin
+        return None
+    return status.st_dev, status.st_ino
 
 
 @contextmanager

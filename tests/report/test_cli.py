@@ -294,3 +294,13 @@ def test_window_bounds_outside_the_calendar_are_usage_errors(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f'argument {option}: "{value}" is outside the years 1 to 9999 UTC' in result.stderr
+
+
+@pytest.mark.parametrize("command", ["report", "verdict"])
+def test_a_log_named_twice_counts_once(command: str, healthy: Path) -> None:
+    bars = BARS if command == "verdict" else []
+    names = [str(healthy), str(healthy.with_suffix(".json*")), str(healthy)]
+    result = run_cli(command, *names, "--json", *bars)
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert data["overall"]["compared"] == 1200

@@ -96,3 +96,19 @@ def test_unreadable_inputs_are_clear_errors(tmp_path: Path) -> None:
     broken.write_bytes(gzip.compress(b'{"event": "x"}\n' * 1000)[:-20])
     with pytest.raises(ReportInputError, match="cannot read"):
         read_logs([str(broken)])
+
+
+def test_a_file_named_twice_is_read_once(
+    write_log: WriteLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = write_log("a.jsonl", records("GET /a", 3))
+    second = write_log("b.jsonl", records("GET /b", 2))
+    (tmp_path / "link.jsonl").symlink_to(first)
+    names = [str(second), str(tmp_path / "*.jsonl"), str(first), str(tmp_path / "link.jsonl")]
+    assert expand_sources(names) == [str(second), str(first)]  # the first occurrences, in order
+    with first.open("rb") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert expand_sources([str(first), "-", str(second)]) == [str(first), str(second)]
+        assert expand_sources(["-", str(first)]) == ["-"]
+    aggregator = read_logs(names)
+    assert {n: s.compared for n, s in aggregator.endpoints.items()} == {"GET /b": 2, "GET /a": 3}
