@@ -18,10 +18,11 @@ How bodies are written (decisions where HAR leaves room):
   and its full size, and is compared as the mirror compares cut bodies (sizes, prefix).
 - Redaction: secret headers keep their name with the value ``[redacted]``; ``cookies`` lists
   are always empty; ``log.redact_query`` parameters have the value ``[redacted]`` in ``url``
-  and ``queryString``. Body places named by ``log.redact`` are replaced in JSON and form bodies,
-  listed in ``_redacted``. A body that may hold such places but cannot be inspected (declared
-  JSON but invalid, cut, or compressed beyond decoding) is not written (``_omitted``) when
-  redaction patterns are configured.
+  and ``queryString``. Body places named by ``log.redact`` are replaced in JSON and form bodies
+  (a text body without a Content-Type is read as a form), listed in ``_redacted``. A body that
+  may hold such places but cannot be inspected (multipart, declared or looking like JSON but
+  invalid, cut, or compressed beyond decoding) is not written (``_omitted``) when redaction
+  patterns are configured.
 - Custom fields (HAR allows names starting with ``_``): ``_id`` (the request id),
   ``_endpoint``.
 """
@@ -131,11 +132,18 @@ def _dump_json(value: Any) -> bytes:
 
 def redact_body(body: bytes, content_type: str | None, redactor: Redactor) -> _Body:
     """The body with ``log.redact`` places replaced; ``omitted`` when it might hold such a
-    place but cannot be inspected."""
+    place but cannot be inspected.
+
+    Multipart bodies carry fields this cannot reach, and are left out. A body without a
+    Content-Type is read as JSON when it looks like JSON, else as a form when it is text
+    (``a=1&password=x``; text without fields comes out as it was)."""
     if not redactor or not body:
         return _Body(body)
+    if media.media_type(content_type).startswith("multipart/"):
+        return _Body(None, omitted="multipart bodies are not redacted")
     declared = media.declared_kind(content_type)
-    if declared is media.BodyKind.FORM:
+    as_form = declared is None and not media.looks_like_json(body) and _is_text(body)
+    if declared is media.BodyKind.FORM or as_form:
         pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         found: list[str] = []
         out = []
@@ -156,7 +164,9 @@ def redact_body(body: bytes, content_type: str | None, redactor: Redactor) -> _B
     except NotJson:
         if declared is media.BodyKind.JSON:
             return _Body(None, omitted="declared JSON but not valid JSON, so it cannot be redacted")
-        return _Body(body)
+        return _Body(
+            None, omitted="looks like JSON but is not valid JSON, so it cannot be redacted"
+        )
     try:
         redacted, found = redactor.document(document)
     except RecursionError:

@@ -363,3 +363,30 @@ async def test_each_worker_process_writes_its_own_capture(
     assert result.returncode == 0, result.stderr
     assert {r["outcome"] for r in lines(log)} == {"match"}
     assert len(lines(log)) == 20
+
+
+async def test_bodies_redaction_cannot_reach_are_not_captured_in_clear(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    primary = await json_backend(serve, {})
+    candidate = await json_backend(serve, {})
+    capture = tmp_path / "capture.jsonl"
+    running = await make_proxy(
+        primary.url, candidate.url, capture={"path": str(capture)}, log={"redact": ["/password"]}
+    )
+    form = aiohttp.FormData({"user": "ada", "password": "hunter2"})
+    form.add_field("file", b"data", filename="a.txt")  # makes it multipart/form-data
+    async with client.post(f"{running.url}/upload", data=form) as response:
+        assert response.status == 200
+    async with client.post(
+        f"{running.url}/login",
+        data=b"user=ada&password=hunter2",
+        skip_auto_headers=["Content-Type"],
+    ) as response:
+        assert response.status == 200
+    await settle(running)
+
+    assert b"hunter2" not in capture.read_bytes()
+    upload, login = (e["request"] for e in lines(capture))
+    assert upload["postData"]["_omitted"] == "multipart bodies are not redacted"
+    assert login["postData"]["text"] == "user=ada&password=%5Bredacted%5D"

@@ -516,3 +516,58 @@ def test_a_redacted_body_keeps_escapes_that_are_not_text_exactly() -> None:
         "note": "\ud800",
         "n": 123456789012345678901234567890,
     }
+
+
+MULTIPART = (
+    b'--b0\r\nContent-Disposition: form-data; name="user"\r\n\r\nu\r\n'
+    b'--b0\r\nContent-Disposition: form-data; name="password"\r\n\r\nhunter2\r\n--b0--\r\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "omitted"),
+    [
+        ("multipart/form-data; boundary=b0", MULTIPART, "multipart bodies are not redacted"),
+        ("text/plain", b'{"password": "hunter2", "a": NaN}', "looks like JSON but is not valid"),
+        (None, b'{"password": "hunter2", "a": NaN}', "looks like JSON but is not valid"),
+    ],
+)
+def test_a_body_redaction_cannot_reach_is_left_out(
+    content_type: str | None, body: bytes, omitted: str
+) -> None:
+    headers = (("Content-Type", content_type),) if content_type else ()
+    entry = build_entry(
+        captured(method="POST", request_headers=headers, request_body=body),
+        Redactor(["/password"]),
+        1 << 20,
+    )
+    assert b"hunter2" not in orjson.dumps(entry)
+    post = entry["request"]["postData"]
+    assert omitted in post["_omitted"]
+    assert "text" not in post
+    recorded = parse_entry(entry)
+    assert recorded.body is None
+    assert recorded.request_problem is not None
+    assert omitted in recorded.request_problem
+    # Without redaction patterns the body is kept as it was.
+    kept = build_entry(
+        captured(method="POST", request_headers=headers, request_body=body), Redactor([]), 1 << 20
+    )
+    assert parse_entry(kept).body == body
+
+
+def test_a_form_without_a_content_type_is_redacted_as_a_form() -> None:
+    entry = build_entry(
+        captured(method="POST", request_headers=(), request_body=b"user=u&password=hunter2"),
+        Redactor(["/password"]),
+        1 << 20,
+    )
+    post = entry["request"]["postData"]
+    assert post["text"] == "user=u&password=%5Bredacted%5D"
+    assert post["_redacted"] == ["/password"]
+    plain = build_entry(
+        captured(method="POST", request_headers=(), request_body=b"just text, no fields"),
+        Redactor(["/password"]),
+        1 << 20,
+    )
+    assert plain["request"]["postData"]["text"] == "just text, no fields"
