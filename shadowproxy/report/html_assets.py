@@ -95,7 +95,8 @@ JS = r"""
     if (r === null || r === undefined) return "-";
     if (r === 0 || r === 1) return (r * 100).toFixed(0) + "%";
     if (r >= 0.001 && r <= 0.999) return (r * 100).toFixed(2) + "%";
-    if (r > 0.999) return (r * 100).toFixed(3) + "%";
+    // Only a rate of exactly 1 is 100%: 99.9999% is shown as 99.999%, not rounded up.
+    if (r > 0.999) return Math.min(r * 100, 99.999).toFixed(3) + "%";
     return (r * 100).toPrecision(3) + "%";
   }
   function ms(v) {

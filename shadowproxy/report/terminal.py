@@ -40,8 +40,8 @@ def percent(rate: float | None) -> str:
         return f"{rate * 100:.0f}%"
     if 0.001 <= rate <= 0.999:
         return f"{rate * 100:.2f}%"
-    if rate > 0.999:  # keep 99.991% from reading as 100%
-        return f"{rate * 100:.3f}%"
+    if rate > 0.999:  # keep 99.991% from reading as 100%, and 99.9999% too: only 1 is 100%
+        return f"{min(rate * 100, 99.999):.3f}%"
     return f"{rate * 100:.3g}%"
 
 

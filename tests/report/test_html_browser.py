@@ -355,6 +355,27 @@ async def test_live_page_refreshes_and_keeps_open_panels(chromium: str, tmp_path
         assert page.errors == []
 
 
+async def test_a_match_rate_just_below_1_is_not_shown_as_100_percent(
+    chromium: str, tmp_path: Path
+) -> None:
+    aggregator = Aggregator()
+    aggregator.add(exchange_record(outcome="mismatch", differences=[difference("/x", 1, 2)]))
+    stats = aggregator.endpoints["GET /users/{id}"]
+    stats.compared += 2_999_999  # 1 mismatch in 3 million
+    stats.matches += 2_999_999
+    html = tmp_path / "rate.html"
+    html.write_text(render_html(summarise(aggregator)))
+    async with browser_page(chromium, tmp_path) as page:
+        await page.open(html.as_uri())
+        shown = await page.evaluate(
+            """[...document.querySelectorAll("#overall .value, #chart-match-rate text")]
+              .map((e) => e.textContent)"""
+        )
+    assert "99.999%" in shown
+    assert "100.000%" not in shown
+    assert page.errors == []
+
+
 async def test_the_harness_sees_console_errors(chromium: str, tmp_path: Path) -> None:
     broken = tmp_path / "broken.html"
     broken.write_text(

@@ -54,4 +54,17 @@ def test_percent_precision() -> None:
     assert percent(0.97684) == "97.68%"
     assert percent(0.00021) == "0.021%"
     assert percent(0.99991) == "99.991%"
+    assert percent(0.9999996) == "99.999%"  # never 100% unless all matched
+    assert percent(999_999 / 1_000_000) == "99.999%"
     assert safe("a\nb").plain == "a\\nb"
+
+
+def test_a_match_rate_just_below_1_is_not_shown_as_100_percent() -> None:
+    aggregator = Aggregator()
+    aggregator.add(exchange_record(outcome="mismatch", differences=[difference("/x", 1, 2)]))
+    stats = aggregator.endpoints["GET /users/{id}"]
+    stats.compared += 2_999_999  # 1 mismatch in 3 million
+    stats.matches += 2_999_999
+    text = rendered(aggregator)
+    assert "100.000%" not in text
+    assert "99.999%" in text
