@@ -7,9 +7,10 @@ that name the offending key (``mirror.sample_rate: must be between 0 and 1``).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -196,7 +197,14 @@ class HostPort(Model):
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+        """Only this machine can reach it: a loopback address, or ``localhost`` (a name like
+        ``127.corp.example`` is not one, whatever it starts with)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
 Address = Annotated[HostPort, BeforeValidator(_parse_host_port)]
@@ -991,10 +999,33 @@ def read_config_text(path: str | os.PathLike[str]) -> str:
         raise ConfigError(f"{file}: cannot read config file: {error}") from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: the second ``mirror:``
+    block of a long file would otherwise replace the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # refused as it always was, by the constructor
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"the key {key!r} is given twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_config_text(text: str, source: str) -> Config:
     """The config a file's text describes; ``source`` names the file in messages."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"

@@ -219,3 +219,28 @@ def test_unreadable_certificate_files_are_named_by_key(tmp_path: Path) -> None:
     ]
     (tmp_path / "ca").write_text("")
     assert config.unreadable_files() == []
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    text = "primary: {url: 'http://a:1'}\ncandidate: {url: 'http://b:2'}\n"
+    with pytest.raises(ConfigError, match="line 4, column 1: the key 'mirror' is given twice"):
+        load_config(write(tmp_path, text + "mirror: {sample_rate: 0.5}\nmirror: {}\n"))
+    merged = text + "base: &base {sample_rate: 0.5}\nmirror: {<<: *base, sample_rate: 0.2}\n"
+    with pytest.raises(ConfigError, match="base: unknown key"):  # merge keys still read
+        load_config(write(tmp_path, merged))
+
+
+@pytest.mark.parametrize(
+    ("admin", "loopback"),
+    [
+        ("127.0.0.1:1", True),
+        ("127.8.9.10:1", True),
+        ("[::1]:1", True),
+        ("localhost:1", True),
+        ("127.corp.example:1", False),
+        ("0.0.0.0:1", False),
+        ("10.0.0.1:1", False),
+    ],
+)
+def test_loopback_means_an_address_only_this_machine_reaches(admin: str, loopback: bool) -> None:
+    assert parse_config({**MINIMAL, "admin": admin}).admin.is_loopback is loopback
