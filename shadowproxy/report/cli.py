@@ -113,7 +113,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_input_options(report)
     report.add_argument(
-        "--html", metavar="FILE", help="also write a self-contained HTML report (- for stdout)"
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained HTML report (- for stdout instead of the table; "
+        "not with --json)",
     )
     report.add_argument(
         "--top-paths",
@@ -192,6 +195,13 @@ def _write(out: IO[bytes], payload: bytes) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    if args.html == "-" and args.json:
+        # One stream cannot carry both documents; the second was silently left out.
+        _tell(
+            "shadowproxy report: error: --html - and --json both write to stdout: write the "
+            "HTML to a file, or leave one out"
+        )
+        return 2
     summary = _summary(args, "report")
     if summary is None:
         return 2

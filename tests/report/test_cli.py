@@ -304,3 +304,17 @@ def test_a_log_named_twice_counts_once(command: str, healthy: Path) -> None:
     assert result.returncode == 0, result.stderr
     data = orjson.loads(result.stdout)
     assert data["overall"]["compared"] == 1200
+
+
+def test_html_and_json_cannot_both_take_stdout(healthy: Path) -> None:
+    for order in (["--html", "-", "--json"], ["--json", "--html", "-"]):
+        result = run_cli("report", str(healthy), *order)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr == (
+            "shadowproxy report: error: --html - and --json both write to stdout: write the "
+            "HTML to a file, or leave one out\n"
+        )
+    alone = run_cli("report", str(healthy), "--html", "-")
+    assert alone.returncode == 0
+    assert alone.stdout.startswith("<!doctype html>")
