@@ -16,13 +16,15 @@ How bodies are written (decisions where HAR leaves room):
 - A body cut at ``capture.max_body_bytes`` carries ``_truncated: true``. A cut request body
   is not written at all (the entry cannot be replayed); a cut response body keeps its prefix
   and its full size, and is compared as the mirror compares cut bodies (sizes, prefix).
-- Redaction: secret headers keep their name with the value ``[redacted]``; ``cookies`` lists
-  are always empty; ``log.redact_query`` parameters have the value ``[redacted]`` in ``url``
-  and ``queryString``. Body places named by ``log.redact`` are replaced in JSON and form bodies
-  (a text body without a Content-Type is read as a form), listed in ``_redacted``. A body that
-  may hold such places but cannot be inspected (multipart, declared or looking like JSON but
-  invalid, cut, or compressed beyond decoding) is not written (``_omitted``) when redaction
-  patterns are configured.
+- Redaction: secret headers (``logsafe.secret_header``: Authorization, Cookie, and any name
+  holding auth, token, key, secret, password, signature, session or cookie) keep their name
+  with the value ``[redacted]``; ``cookies`` lists are always empty; ``log.redact_query``
+  parameters have the value ``[redacted]`` in ``url``, ``queryString``, ``redirectURL`` and
+  the Location, Content-Location and Referer headers. Body places named by ``log.redact``
+  are replaced in JSON and form bodies (a text body without a Content-Type is read as a
+  form), listed in ``_redacted``. A body that may hold such places but cannot be inspected
+  (multipart, declared or looking like JSON but invalid, cut, or compressed beyond decoding)
+  is not written (``_omitted``) when redaction patterns are configured.
 - Custom fields (HAR allows names starting with ``_``): ``_id`` (the request id),
   ``_endpoint``.
 """
@@ -44,10 +46,10 @@ from shadowproxy import __version__
 from shadowproxy.compare import decode, media
 from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.pointer import escape
-from shadowproxy.config import SECRET_HEADERS
 from shadowproxy.exchange import Headers, Response, first_header
 from shadowproxy.headers import REDACTED
-from shadowproxy.record import QueryRedactor
+from shadowproxy.logsafe import secret_header
+from shadowproxy.record import URL_HEADERS, QueryRedactor
 from shadowproxy.redact import Redactor
 from shadowproxy.report.read import STDIN, expand_sources, iter_lines, open_source
 
@@ -101,10 +103,16 @@ def iso_time(epoch: float) -> str:
     )
 
 
-def _har_headers(headers: Headers) -> list[dict[str, str]]:
-    return [
-        {"name": n, "value": REDACTED if n.lower() in SECRET_HEADERS else v} for n, v in headers
-    ]
+def _har_value(name: str, value: str, query: QueryRedactor | None) -> str:
+    if secret_header(name):
+        return REDACTED
+    if query is not None and name.lower() in URL_HEADERS:
+        return query(value)
+    return value
+
+
+def _har_headers(headers: Headers, query: QueryRedactor | None) -> list[dict[str, str]]:
+    return [{"name": n, "value": _har_value(n, v, query)} for n, v in headers]
 
 
 def _is_text(body: bytes) -> bool:
@@ -269,12 +277,13 @@ def build_entry(
     host = first_header(c.request_headers, "host") or "localhost"
     raw_path = query_redactor(c.raw_path) if query_redactor is not None else c.raw_path
     query = raw_path.partition("?")[2]
+    location = first_header(c.response_headers, "location")
     request: dict[str, Any] = {
         "method": c.method,
         "url": f"{c.scheme}://{host}{raw_path}",
         "httpVersion": c.http_version,
         "cookies": [],
-        "headers": _har_headers(c.request_headers),
+        "headers": _har_headers(c.request_headers, query_redactor),
         "queryString": [
             {"name": n, "value": v} for n, v in parse_qsl(query, keep_blank_values=True)
         ],
@@ -288,9 +297,9 @@ def build_entry(
         "statusText": c.reason,
         "httpVersion": c.http_version,
         "cookies": [],
-        "headers": _har_headers(c.response_headers),
+        "headers": _har_headers(c.response_headers, query_redactor),
         "content": _content(c, redactor, max_body_bytes * DECODE_EXPANSION),
-        "redirectURL": first_header(c.response_headers, "location") or "",
+        "redirectURL": _har_value("location", location, query_redactor) if location else "",
         "headersSize": -1,
         "bodySize": c.response_size,
     }

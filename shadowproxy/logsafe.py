@@ -1,4 +1,5 @@
-"""What every log line can hold: text that is valid UTF-8, integers that orjson writes.
+"""What every log line can hold: text that is valid UTF-8, integers that orjson writes; and
+which header values it must not hold.
 
 Values reach the logs from clients and backends: header bytes that are not UTF-8 (decoded with
 ``surrogateescape``), ``\\ud800`` escapes the standard library's JSON parser accepts, integers
@@ -11,9 +12,29 @@ from typing import Any
 
 import orjson
 
+SECRET_HEADER_PARTS = (
+    "auth",
+    "token",
+    "key",
+    "secret",
+    "password",
+    "signature",
+    "session",
+    "cookie",
+)
+"""A header whose name holds one of these carries a secret: Authorization, Proxy-Authorization,
+Cookie, Set-Cookie, X-Api-Key, X-Auth-Token, X-Session-Id, ..."""
+
 MIN_LOGGED_INT = -(2**63)
 MAX_LOGGED_INT = 2**64 - 1
 """The integers orjson writes; others are logged as their digits."""
+
+
+def secret_header(name: str) -> bool:
+    """Whether the value of the header called ``name`` (any case) is kept out of what is
+    written (the discrepancy log, captures, the config shown): the one test for all of them."""
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_HEADER_PARTS)
 
 
 def loggable(text: str) -> str:

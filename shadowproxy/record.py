@@ -32,9 +32,10 @@ import zstandard
 from shadowproxy import logsafe
 from shadowproxy.compare import decode, media
 from shadowproxy.compare.model import Comparison, Difference, Where
-from shadowproxy.config import DEFAULT_REDACT_QUERY, SECRET_HEADERS, LogConfig
+from shadowproxy.config import DEFAULT_REDACT_QUERY, LogConfig
 from shadowproxy.exchange import Exchange, Failure, Outcome, Response
 from shadowproxy.headers import REDACTED
+from shadowproxy.logsafe import secret_header
 from shadowproxy.oplog import LOSS_REPORT_INTERVAL, ThrottledCount
 from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
 from shadowproxy.redact import Redactor
@@ -51,6 +52,8 @@ OUTPUT_DRAIN_TIMEOUT = 2.0
 OUTPUT_WAIT_STEP = 0.25
 
 
+URL_HEADERS = frozenset({"location", "content-location", "referer"})
+"""Headers whose values are URLs: their queries are redacted as a request's path is."""
 _PARAMETER = re.compile(r"(?<=[?&;])[^&;#]+")
 """A query parameter: after ``?``, ``&`` or ``;``, up to the next of ``&``, ``;`` or ``#``."""
 _TRAILING_BRACKETS = re.compile(r"(?:\[[^\]]*\])+$")
@@ -193,19 +196,37 @@ def _without_text(data: dict[str, Any]) -> bool:
     return dropped
 
 
-def _redact(difference: Difference) -> dict[str, Any]:
+def _header_value(value: Any, query: QueryRedactor) -> Any:
+    """A URL header's value (or values, when repeated) with its query redacted."""
+    if isinstance(value, str):
+        return query(value)
+    if isinstance(value, list):
+        return [query(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _redact(difference: Difference, query: QueryRedactor) -> dict[str, Any]:
     data = difference.to_dict()
-    if difference.where is Where.HEADER and difference.path.lower() in SECRET_HEADERS:
-        data["primary"] = REDACTED if difference.primary is not None else None
-        data["candidate"] = REDACTED if difference.candidate is not None else None
+    if difference.where is Where.HEADER:
+        # compare/headers.py masks secret headers already; masked again here, as the record
+        # is what must never hold them, whatever made the difference.
+        if secret_header(difference.path):
+            data["primary"] = REDACTED if difference.primary is not None else None
+            data["candidate"] = REDACTED if difference.candidate is not None else None
+        elif difference.path.lower() in URL_HEADERS:
+            data["primary"] = _header_value(difference.primary, query)
+            data["candidate"] = _header_value(difference.candidate, query)
     return data
 
 
 def _recorded(
-    differences: Sequence[Difference], redactor: Redactor | None, withhold: bool = False
+    differences: Sequence[Difference],
+    redactor: Redactor | None,
+    query: QueryRedactor,
+    withhold: bool = False,
 ) -> tuple[list[dict[str, Any]], bool]:
     """The differences as written, and whether line texts were left out (``withhold``)."""
-    items = [_redact(d) for d in differences]
+    items = [_redact(d, query) for d in differences]
     withheld = False
     if withhold:
         for item in items:
@@ -251,7 +272,9 @@ def build_record(
     withhold = comparison is not None and _withholds_text(exchange, comparison, noise, redactor)
     withheld = False
     if comparison is not None:
-        record["differences"], withheld = _recorded(comparison.differences, redactor, withhold)
+        record["differences"], withheld = _recorded(
+            comparison.differences, redactor, query, withhold
+        )
         record["difference_count"] = comparison.total
         record["body_kind"] = comparison.body_kind
         if comparison.notes:
@@ -265,7 +288,7 @@ def build_record(
         record["differences"] = []
         record["difference_count"] = 0
     if noise:
-        record["noise"], noise_withheld = _recorded(noise, redactor, withhold)
+        record["noise"], noise_withheld = _recorded(noise, redactor, query, withhold)
         withheld = withheld or noise_withheld
     if withheld:
         record["notes"] = [*record.get("notes", ()), TEXT_WITHHELD]

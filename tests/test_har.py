@@ -26,6 +26,7 @@ from shadowproxy.har import (
     read_entries,
     redact_body,
 )
+from shadowproxy.record import QueryRedactor
 from shadowproxy.redact import Redactor
 
 COMMAND_TIMEOUT = 30
@@ -571,3 +572,39 @@ def test_a_form_without_a_content_type_is_redacted_as_a_form() -> None:
         1 << 20,
     )
     assert plain["request"]["postData"]["text"] == "just text, no fields"
+
+
+def test_secret_looking_headers_and_queries_in_url_headers_are_redacted() -> None:
+    entry = build_entry(
+        captured(
+            request_headers=(
+                ("Host", "h"),
+                ("X-Api-Key", "k-secret"),
+                ("X-Session-Id", "s-secret"),
+                ("X-Auth-Token", "t-secret"),
+                ("Referer", "https://app.test/from?token=r-secret&tab=2"),
+                ("Accept", "application/json"),
+            ),
+            status=302,
+            response_headers=(
+                ("Location", "/next?token=l-secret&page=1"),
+                ("Content-Location", "/doc?TOKEN=c-secret"),
+                ("X-Upstream-Signature", "u-secret"),
+            ),
+        ),
+        Redactor([]),
+        1 << 20,
+        QueryRedactor(["token"]),
+    )
+    assert b"secret" not in orjson.dumps(entry)
+    request = {h["name"]: h["value"] for h in entry["request"]["headers"]}
+    assert (
+        request["X-Api-Key"] == request["X-Session-Id"] == request["X-Auth-Token"] == "[redacted]"
+    )
+    assert request["Referer"] == "https://app.test/from?token=[redacted]&tab=2"
+    assert request["Accept"] == "application/json"
+    response = {h["name"]: h["value"] for h in entry["response"]["headers"]}
+    assert response["Location"] == "/next?token=[redacted]&page=1"
+    assert response["Content-Location"] == "/doc?TOKEN=[redacted]"
+    assert response["X-Upstream-Signature"] == "[redacted]"
+    assert entry["response"]["redirectURL"] == "/next?token=[redacted]&page=1"

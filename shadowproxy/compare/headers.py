@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.model import Kind, Where
-from shadowproxy.config import SECRET_HEADERS
 from shadowproxy.exchange import Headers
+from shadowproxy.logsafe import secret_header
 
 CASE_INSENSITIVE_HEADERS = frozenset(
     {
@@ -93,7 +93,7 @@ def _grouped(headers: Headers, ignore: frozenset[str]) -> dict[str, Values]:
 
 def _shown(name: str, values: Values) -> Values:
     """Secrets never leave this module."""
-    if name not in SECRET_HEADERS:
+    if not secret_header(name):
         return values
     return REDACTED if type(values) is str else [REDACTED] * len(values)
 

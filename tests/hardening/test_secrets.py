@@ -233,3 +233,38 @@ async def test_query_secrets_under_encoded_or_variant_names_stay_out_of_log_and_
     [entry] = [orjson.loads(line) for line in capture.read_bytes().splitlines()]
     assert entry["request"]["url"].endswith("/x" + redacted)
     assert {"name": "keep", "value": "A b"} in entry["request"]["queryString"]
+
+
+def headed(headers: dict[str, str]) -> Handler:
+    async def handler(_: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=b"{}", content_type="application/json", headers=headers)
+
+    return handler
+
+
+async def test_secret_looking_headers_and_url_header_queries_stay_out_of_differences(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    def answer(side: str) -> dict[str, str]:
+        return {
+            "X-Api-Key": f"{side}-KEY-SECRET",
+            "X-Session-Id": f"{side}-SID-SECRET",
+            "X-Auth-Token": f"{side}-TOK-SECRET",
+            "Location": f"/next?token={side}-LOC-SECRET&page=1",
+            "Content-Location": f"/doc?sig={side}-CL-SECRET",
+            "X-Plain": side,
+        }
+
+    primary = await serve(headed(answer("P")))
+    candidate = await serve(headed(answer("C")))
+    proxy = await make_proxy(primary.url, candidate.url)
+    async with client.get(proxy.url + "/x") as response:
+        assert response.status == 200
+    [record] = await proxy.records()
+    assert MARK not in orjson.dumps(record).decode()
+    headers = {d["path"]: d for d in record["differences"] if d["where"] == "header"}
+    for name in ("x-api-key", "x-session-id", "x-auth-token"):
+        assert headers[name]["primary"] == headers[name]["candidate"] == "[redacted]"
+    assert headers["location"]["primary"] == "/next?token=[redacted]&page=1"
+    assert headers["content-location"]["candidate"] == "/doc?sig=[redacted]"
+    assert (headers["x-plain"]["primary"], headers["x-plain"]["candidate"]) == ("P", "C")
