@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -499,3 +500,88 @@ async def test_query_redaction_from_the_config_applies_to_the_replay_log(
     [logged] = read_log(log)
     assert logged["path"] == "/items/1?Session_ID=[redacted]&page=2"
     assert candidate.seen[0].raw_path == "/items/1?Session_ID=R-SECRET&page=2"  # sent as recorded
+
+
+def held(release: asyncio.Event) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """A candidate that answers once ``release`` is set."""
+
+    async def answer(request: web.BaseRequest) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(body=b'{"n": 1, "price": 10}', content_type="application/json")
+
+    return answer
+
+
+async def arrivals(backend: Backend, count: int) -> None:
+    while len(backend.seen) < count:
+        backend.arrived.clear()
+        await backend.arrived.wait()
+
+
+async def test_nothing_is_sent_after_a_stop(serve: Serve, tmp_path: Path) -> None:
+    release = asyncio.Event()
+    candidate = await serve(held(release))
+    capture = write_capture(tmp_path / "c.jsonl", [entry(1) for _ in range(5)])
+    records: list[dict[str, Any]] = []
+    replayer = Replayer(
+        Targets(candidate=backend(candidate.url)),
+        diff=DiffConfig(workers=0),
+        on_record=records.append,
+        concurrency=2,
+    )
+    running = asyncio.ensure_future(replayer.run(read_entries([str(capture)])))
+    await arrivals(candidate, 2)  # every slot taken: the next entry waits for one
+    replayer.stop()
+    release.set()
+    await asyncio.wait_for(running, 10)
+    assert len(candidate.seen) == 2
+    assert len(records) == 2  # the requests under way finished and were recorded
+
+
+async def test_a_second_stop_cancels_the_requests_under_way(serve: Serve, tmp_path: Path) -> None:
+    release = asyncio.Event()
+    candidate = await serve(held(release))
+    capture = write_capture(tmp_path / "c.jsonl", [entry(1) for _ in range(5)])
+    records: list[dict[str, Any]] = []
+    replayer = Replayer(
+        Targets(candidate=CandidateBackend(url=candidate.url, timeout=60)),
+        diff=DiffConfig(workers=0),
+        on_record=records.append,
+        concurrency=2,
+    )
+    running = asyncio.ensure_future(replayer.run(read_entries([str(capture)])))
+    await arrivals(candidate, 2)
+    replayer.stop()
+    replayer.stop()
+    stats = await asyncio.wait_for(running, 10)
+    release.set()
+    assert records == []
+    assert stats.skipped == {"interrupted under way": 2}
+
+
+async def test_ctrl_c_twice_ends_the_command_at_once(serve: Serve, tmp_path: Path) -> None:
+    release = asyncio.Event()
+    candidate = await serve(held(release))
+    capture = write_capture(tmp_path / "c.jsonl", [entry(1) for _ in range(20)])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shadowproxy", "replay", str(capture),
+        "--candidate", candidate.url, "--concurrency", "4", "--timeout", "60",
+        "--log", str(tmp_path / "log.jsonl"), "--no-progress",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await arrivals(candidate, 4)
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None
+        said = await asyncio.wait_for(process.stderr.readline(), 10)
+        assert b"waiting for 4 request(s) under way (Ctrl-C again to cancel them)" in said
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        release.set()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130, err.decode()
+    assert "4 not replayed (interrupted under way: 4)" in err.decode()
+    assert len(candidate.seen) == 4

@@ -3,7 +3,8 @@
 Exit status: 0 when the replay ran (whatever it found); with ``--verdict``, the verdict's
 (0 pass, 1 fail, 2 not enough data); 2 for unusable arguments, captures that cannot be read,
 a log that cannot be opened, or records lost writing it (the log is incomplete: no verdict
-is given); 130 when interrupted (what was replayed so far is logged and judged all the same).
+is given); 130 when interrupted (Ctrl-C: nothing more is sent, what was replayed so far is
+logged and judged all the same; a second Ctrl-C cancels the requests under way).
 """
 
 from __future__ import annotations
@@ -279,9 +280,22 @@ async def _replay(args: argparse.Namespace, setup: Setup) -> int:
         output_room=writer.room,
         query=QueryRedactor(config.log.redact_query),
     )
+
+    def interrupt() -> None:
+        if replayer.stopped:
+            writer.give_up()  # a second Ctrl-C: a log reader that is behind is not waited for
+        else:
+            print(
+                f"{PROG}: interrupted: sending nothing more; waiting for {replayer.in_flight} "
+                "request(s) under way (Ctrl-C again to cancel them)",
+                file=sys.stderr,
+                flush=True,
+            )
+        replayer.stop()
+
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, replayer.stop)
+        loop.add_signal_handler(signal.SIGINT, interrupt)
     progress = ProgressDisplay(stats, terminal=terminal, interval=args.progress_interval)
     if show_progress:
         progress.start()

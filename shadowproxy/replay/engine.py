@@ -16,6 +16,7 @@ to ``on_record``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -48,6 +49,7 @@ class Skip:
     PRIMARY_FAILED = "the primary failed"
     COMPARE = "comparison skipped"
     FAILED = "could not be replayed"
+    INTERRUPTED = "interrupted under way"
 
 
 class Pacer:
@@ -210,16 +212,26 @@ class Replayer:
         self.stats = stats or ReplayStats()
         self._output_room = output_room
         self._stop = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._pools: dict[str, Pool] = {}
         self._comparer: Comparer | None = None
 
     def stop(self) -> None:
-        """Send nothing more; requests under way finish (on Ctrl-C)."""
+        """Send nothing more; requests under way finish (on Ctrl-C). Called again (a second
+        Ctrl-C), it cancels them too; they are counted as interrupted."""
+        if self._stop.is_set():
+            for task in self._in_flight:
+                task.cancel()
         self._stop.set()
 
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet recorded."""
+        return len(self._in_flight)
 
     async def run(self, items: Iterable[Item]) -> ReplayStats:
         """Replay every item; returns the totals once the last answer is recorded."""
@@ -235,7 +247,7 @@ class Replayer:
             if backend is not None:
                 self._pools[name] = make_pool(backend, timing=Timing.TOTAL)
         slots = asyncio.Semaphore(self._concurrency)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._in_flight
         loop = asyncio.get_running_loop()
         try:
             for item in items:
@@ -254,14 +266,16 @@ class Replayer:
                             break
                 if self._output_room is not None:
                     await self._output_room()
-                await slots.acquire()
+                if not await self._slot(slots):
+                    break
                 stats.sent += 1
                 task = loop.create_task(self._guarded(recorded))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _: slots.release())
             if tasks:
-                await asyncio.gather(*tasks)
+                # Exceptions are the cancelled ones (a second stop); the others are caught.
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()
@@ -273,6 +287,29 @@ class Replayer:
             self._pools.clear()
             stats.finished = time.monotonic()
         return stats
+
+    async def _slot(self, slots: asyncio.Semaphore) -> bool:
+        """Take a slot for one more request; False (none taken) when a stop comes first, or
+        came while waiting: nothing is sent after it."""
+        if not slots.locked():
+            await slots.acquire()  # free: taken at once, without a wait
+        else:
+            acquiring = asyncio.ensure_future(slots.acquire())
+            stopping = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not acquiring.done():
+                    acquiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquiring
+            if acquiring.cancelled():
+                return False
+        if self._stop.is_set():
+            slots.release()
+            return False
+        return True
 
     async def _sleep(self, delay: float) -> None:
         if self._stop.is_set():
@@ -319,6 +356,9 @@ class Replayer:
         """One exchange; a failure of ours costs that exchange (counted), not the replay."""
         try:
             await self._one(recorded)
+        except asyncio.CancelledError:
+            self.stats.skipped[Skip.INTERRUPTED] += 1
+            raise
         except Exception as error:
             reason = self._query(f"{type(error).__name__}: {error}")
             self.stats.skipped[f"{Skip.FAILED} ({reason})"] += 1
