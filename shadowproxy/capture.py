@@ -48,6 +48,7 @@ WRITE_BYTES = 1 << 20
 """Lines are written in batches of about this size."""
 WAKE_BYTES = 256 * 1024
 """The writer is woken before its interval ends once this much waits."""
+_BUFFER_FULL = "the capture buffer is full (capture.max_buffer_bytes)"
 
 
 def worker_path(path: str, worker: int | None) -> str:
@@ -183,6 +184,9 @@ class CaptureSink:
         self.lost = 0
         self.rotations = 0
         self._drops = ThrottledCount(self._say_dropped)
+        self._losses = ThrottledCount(self._say_lost)
+        """Said from the writer (under ``_writing``): a failing disk fails every batch."""
+        self._lost_reason = ""
 
     # --- on the event loop ------------------------------------------------------------------
 
@@ -240,7 +244,7 @@ class CaptureSink:
         self.dropped += 1
         if self._on_result is not None:
             self._on_result("dropped", 1)
-        self._drops.add(1, "the capture buffer is full (capture.max_buffer_bytes)")
+        self._drops.add(1, _BUFFER_FULL)
 
     def _say_dropped(self, exchanges: int, reason: str) -> None:
         if self._oplog is not None:
@@ -266,6 +270,10 @@ class CaptureSink:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        # What the once-a-minute lines have not said yet.
+        self._drops.flush(_BUFFER_FULL)
+        with self._writing:
+            self._losses.flush(self._lost_reason)
 
     # --- in the writer thread ---------------------------------------------------------------
 
@@ -364,8 +372,12 @@ class CaptureSink:
     def _lose(self, count: int, reason: str) -> None:
         self.lost += count
         self._note("lost", count)
+        self._lost_reason = reason
+        self._losses.add(count, reason)
+
+    def _say_lost(self, exchanges: int, reason: str) -> None:
         if self._oplog is not None:
-            self._oplog.error("capture_lost", path=self.path, exchanges=count, reason=reason)
+            self._oplog.error("capture_lost", path=self.path, exchanges=exchanges, reason=reason)
 
     def _rotate(self) -> None:
         """Move the full file aside under a time-stamped name, start a new one, prune."""

@@ -390,3 +390,31 @@ async def test_bodies_redaction_cannot_reach_are_not_captured_in_clear(
     upload, login = (e["request"] for e in lines(capture))
     assert upload["postData"]["_omitted"] == "multipart bodies are not redacted"
     assert login["postData"]["text"] == "user=ada&password=%5Bredacted%5D"
+
+
+class Said:
+    """Stands in for the operational log: keeps what was said."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.lines.append((event, fields))
+
+    warning = info = error
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_a_failing_disk_is_said_once_then_counted_until_close() -> None:
+    said = Said()
+    sink = CaptureSink(CaptureConfig(path="/dev/full", flush_interval=60), oplog=said)
+    sink.start()
+    for number in range(5):
+        sink.submit(exchange(number))
+        sink.flush()  # a batch each: each one fails
+    assert [fields["exchanges"] for _, fields in said.lines] == [1]  # not one line per batch
+    await sink.close()
+    assert [event for event, _ in said.lines] == ["capture_lost", "capture_lost"]
+    assert [fields["exchanges"] for _, fields in said.lines] == [1, 4]  # the rest, at close
+    assert said.lines[1][1]["reason"] == "No space left on device"
+    assert sink.lost == 5
