@@ -42,7 +42,7 @@ import yaml
 from shadowproxy import argtypes
 from shadowproxy.report.aggregate import EXCHANGE_EVENT, InputCounts, generalise_path
 from shadowproxy.report.filters import RecordFilter
-from shadowproxy.report.read import ReportInputError, read_into
+from shadowproxy.report.read import TRUNCATED, ReportInputError, read_into
 from shadowproxy.report.timestamps import parse_when
 
 EXIT_OK = 0
@@ -457,6 +457,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"shadowproxy suggest-ignores: error: {error}", file=sys.stderr)
         return EXIT_INPUT
     counts = collector.counts
+    for name in counts.truncated:
+        warning = TRUNCATED.format(name=name)
+        print(f"shadowproxy suggest-ignores: warning: {warning}", file=sys.stderr)
     if counts.corrupted:
         print(
             f"shadowproxy suggest-ignores: warning: skipped {counts.corrupted:,} line(s) that "

@@ -341,6 +341,18 @@ def test_command_warns_about_corrupted_lines(
     assert "skipped 1 line(s)" in captured.err
 
 
+def test_command_warns_about_a_cut_gzip_log_and_uses_what_was_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = write(tmp_path / "a.log", noisy_users_log(random.Random(11), count=400))
+    cut = tmp_path / "rotating.log.gz"
+    cut.write_bytes(gzip.compress(whole.read_bytes())[:-300])
+    assert main(["suggest-ignores", str(cut)]) == 0
+    captured = capsys.readouterr()
+    assert parsed(captured.out)[0]["match"] == USERS
+    assert f"warning: {cut}: the compressed data ends early" in captured.err
+
+
 def test_command_with_nothing_to_suggest_exits_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -303,6 +303,8 @@ class InputCounts:
     filtered_out: int = 0
     first_corrupted: str | None = None
     """Where the first corrupted line was, for the warning."""
+    truncated: list[str] = field(default_factory=list)
+    """Compressed logs that end mid-stream (being written or rotated): read up to the cut."""
 
     def merge(self, other: InputCounts) -> None:
         self.lines += other.lines
@@ -311,6 +313,7 @@ class InputCounts:
         self.other_events += other.other_events
         self.filtered_out += other.filtered_out
         self.first_corrupted = self.first_corrupted or other.first_corrupted
+        self.truncated.extend(other.truncated)
 
 
 class Aggregator:

@@ -20,7 +20,7 @@ from shadowproxy.report.aggregate import Aggregator
 from shadowproxy.report.filters import RecordFilter
 from shadowproxy.report.html import render_html
 from shadowproxy.report.jsonout import to_json
-from shadowproxy.report.read import ReportInputError, read_logs
+from shadowproxy.report.read import TRUNCATED, ReportInputError, read_logs
 from shadowproxy.report.summary import Summary, summarise
 from shadowproxy.report.terminal import DEFAULT_TOP_PATHS, render_terminal
 from shadowproxy.report.timestamps import parse_when
@@ -158,6 +158,8 @@ def _summary(args: argparse.Namespace, command: str) -> Summary | None:
 
 def _warn_skipped(aggregator: Aggregator, command: str) -> None:
     counts = aggregator.counts
+    for name in counts.truncated:
+        _tell(f"shadowproxy {command}: warning: {TRUNCATED.format(name=name)}")
     if counts.corrupted:
         _tell(
             f"shadowproxy {command}: warning: skipped {counts.corrupted:,} corrupted "

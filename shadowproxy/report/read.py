@@ -2,7 +2,9 @@
 
 Each line is decoded on its own with orjson; a line that is not a JSON object is counted as
 corrupted and skipped (the caller warns once), blank lines are ignored. Compression is told
-by the stream's first bytes, not the name, so a compressed stdin works too.
+by the stream's first bytes, not the name, so a compressed stdin works too. A gzip log that
+ends mid-stream (still being written, or caught while rotated) is read up to the cut and
+listed in ``counts.truncated`` for the caller to warn about.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ CHUNK_BYTES = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GLOB_CHARS = frozenset("*?[")
+TRUNCATED = (
+    "{name}: the compressed data ends early (cut while being written or rotated?); "
+    "read up to the cut"
+)
+"""The warning for a log in ``InputCounts.truncated``, to ``format(name=...)``."""
 
 RecordPredicate = Callable[[Mapping[str, Any]], bool]
 
@@ -103,7 +110,7 @@ def open_source(name: str) -> Iterator[ByteStream]:
         )
         head = buffered.peek(4)[:4]
         if head.startswith(GZIP_MAGIC):
-            yield gzip.GzipFile(fileobj=buffered, mode="rb")
+            yield _Pieces(gzip.GzipFile(fileobj=buffered, mode="rb"))
         elif head.startswith(ZSTD_MAGIC):
             yield zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
         else:
@@ -111,6 +118,18 @@ def open_source(name: str) -> Iterator[ByteStream]:
     finally:
         if name != STDIN:
             raw.close()
+
+
+class _Pieces:
+    """A gzip stream read one decompressed piece at a time. ``GzipFile.read(n)`` gathers
+    pieces up to ``n`` bytes and, when the data ends mid-stream, drops those gathered with
+    its EOFError; ``read1`` hands each piece over, so every line before the cut is read."""
+
+    def __init__(self, stream: gzip.GzipFile) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._stream.read1(size)
 
 
 def iter_lines(stream: ByteStream) -> Iterator[bytes]:
@@ -181,8 +200,18 @@ def read_into(
         label = "stdin" if name == STDIN else name
         try:
             with open_source(name) as stream:
-                feed(sink, iter_lines(stream), record_filter, label)
+                feed(sink, _lines_to_cut(stream, sink.counts, label), record_filter, label)
         except ReportInputError:
             raise
-        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as error:
+        except (OSError, zlib.error, zstandard.ZstdError) as error:
             raise ReportInputError(f"{label}: cannot read: {error}") from None
+
+
+def _lines_to_cut(stream: ByteStream, counts: InputCounts, label: str) -> Iterator[bytes]:
+    """``iter_lines``, ending where gzip data is cut short (a log compressed while still
+    written to, or caught mid-rotation): like a corrupt line, the loss is noted in
+    ``counts.truncated`` for a warning, and what came before still counts."""
+    try:
+        yield from iter_lines(stream)
+    except EOFError:
+        counts.truncated.append(label)

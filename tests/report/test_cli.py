@@ -318,3 +318,23 @@ def test_html_and_json_cannot_both_take_stdout(healthy: Path) -> None:
     alone = run_cli("report", str(healthy), "--html", "-")
     assert alone.returncode == 0
     assert alone.stdout.startswith("<!doctype html>")
+
+
+@pytest.mark.parametrize("command", ["report", "verdict"])
+def test_a_cut_gzip_log_warns_and_keeps_what_was_read(
+    command: str, healthy: Path, tmp_path: Path
+) -> None:
+    cut = tmp_path / "rotating.jsonl.gz"
+    cut.write_bytes(gzip.compress(healthy.read_bytes())[:-200])
+    bars = BARS if command == "verdict" else []
+    result = run_cli(command, str(cut), str(healthy), "--json", *bars)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        f"shadowproxy {command}: warning: {cut}: the compressed data ends early "
+        "(cut while being written or rotated?); read up to the cut"
+    )
+    if command == "report":
+        compared = orjson.loads(result.stdout)["overall"]["compared"]
+        assert 1200 + 1000 < compared < 2400
+    else:
+        assert orjson.loads(result.stdout)["status"] == "pass"

@@ -1,6 +1,7 @@
 import gzip
 import io
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,9 +94,23 @@ def test_unreadable_inputs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ReportInputError, match="cannot open"):
         read_logs([str(tmp_path)])  # a directory
     broken = tmp_path / "broken.jsonl.gz"
-    broken.write_bytes(gzip.compress(b'{"event": "x"}\n' * 1000)[:-20])
+    broken.write_bytes(gzip.compress(b'{"event": "x"}\n' * 1000)[:10] + b"\xff" * 100)
     with pytest.raises(ReportInputError, match="cannot read"):
         read_logs([str(broken)])
+
+
+def test_a_cut_gzip_log_is_read_up_to_the_cut(write_log: WriteLog, tmp_path: Path) -> None:
+    whole = b"".join(orjson.dumps(r) + b"\n" for r in records("GET /a", 200_000))
+    cut = tmp_path / "rotating.jsonl.gz"
+    cut.write_bytes(gzip.compress(whole)[:-2000])  # the end of a member that is still written
+    there = zlib.decompressobj(wbits=31).decompress(cut.read_bytes()).count(b"\n")
+    after = write_log("after.jsonl", records("GET /b", 3), extra_lines=[b"{oops\n"])
+    aggregator = read_logs([str(cut), str(after)])
+    assert 190_000 < there < 200_000
+    assert aggregator.endpoints["GET /a"].compared == there  # every whole line before the cut
+    assert aggregator.endpoints["GET /b"].compared == 3
+    assert aggregator.counts.truncated == [str(cut)]
+    assert aggregator.counts.first_corrupted == f"{after}, line 4"
 
 
 def test_a_file_named_twice_is_read_once(
