@@ -26,7 +26,10 @@ How bodies are written (decisions where HAR leaves room):
   (multipart, declared or looking like JSON but invalid, cut, or compressed beyond decoding)
   is not written (``_omitted``) when redaction patterns are configured.
 - Custom fields (HAR allows names starting with ``_``): ``_id`` (the request id),
-  ``_endpoint``.
+  ``_endpoint``, and ``request._target``: the request target as the client sent it (redacted
+  as ``url`` is). Replay sends that, not the path parsed back from ``url``: the URL is built
+  from the Host header, which a client may send malformed (``svc.example#frag``), and
+  parsing loses an empty query (``/trail?``). In ``url`` such a Host is percent-encoded.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import orjson
 
@@ -101,6 +104,17 @@ def iso_time(epoch: float) -> str:
     return (
         datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
+
+
+_AUTHORITY_SAFE = "-._~!$&'()*+,;=:[]"
+"""What a Host may hold in a URL's authority (RFC 3986): the rest (``/ ? # @ %``, spaces) is
+percent-encoded, so a malformed Host cannot end the authority early or add a path."""
+
+
+def _url(scheme: str, host: str, target: str) -> str:
+    """The entry's ``url``: a Host that does not belong in an authority cannot change where the
+    path starts, nor what it is."""
+    return f"{scheme}://{quote(host, safe=_AUTHORITY_SAFE)}{target}"
 
 
 def _har_value(name: str, value: str, query: QueryRedactor | None) -> str:
@@ -280,7 +294,7 @@ def build_entry(
     location = first_header(c.response_headers, "location")
     request: dict[str, Any] = {
         "method": c.method,
-        "url": f"{c.scheme}://{host}{raw_path}",
+        "url": _url(c.scheme, host, raw_path),
         "httpVersion": c.http_version,
         "cookies": [],
         "headers": _har_headers(c.request_headers, query_redactor),
@@ -290,6 +304,8 @@ def build_entry(
         "headersSize": -1,
         "bodySize": c.request_size,
     }
+    if raw_path.startswith("/"):  # origin-form; replay sends no other
+        request["_target"] = raw_path
     if c.request_size or c.request_body:
         request["postData"] = _post_data(c, redactor)
     response = {
@@ -400,13 +416,24 @@ def _started(value: Any) -> float | None:
 
 
 def _path_of(url: str) -> str:
+    """The path and query of ``url`` as written there: an empty query (``/trail?``) stays."""
     if url.startswith("/"):
         return url.split("#", 1)[0]
     parts = urlsplit(url)
     if not parts.scheme or not parts.netloc:
         raise InvalidEntry("request.url: must be an absolute URL or a path")
-    path = parts.path or "/"
-    return f"{path}?{parts.query}" if parts.query else path
+    rest = url[url.index("//") + 2 + len(parts.netloc) :].split("#", 1)[0]
+    return rest if rest.startswith("/") else "/" + rest
+
+
+def _target_of(request: dict[str, Any], url: str) -> str:
+    """What replay sends: the recorded request target, else the path of ``url``."""
+    target = request.get("_target")
+    if target is None:
+        return _path_of(url)
+    if not isinstance(target, str) or not target.startswith("/"):
+        raise InvalidEntry("request._target: must be a path starting with /")
+    return target
 
 
 def _request_body(request: dict[str, Any]) -> tuple[bytes | None, str | None]:
@@ -495,7 +522,7 @@ def parse_entry(entry: Any) -> Recorded:
         id=recorded_id if isinstance(recorded_id, str) and recorded_id else None,
         method=method,
         url=url,
-        path=_path_of(url),
+        path=_target_of(request, url),
         headers=headers,
         body=body,
         started_at=_started(entry.get("startedDateTime")),

@@ -608,3 +608,29 @@ def test_secret_looking_headers_and_queries_in_url_headers_are_redacted() -> Non
     assert response["Content-Location"] == "/doc?TOKEN=[redacted]"
     assert response["X-Upstream-Signature"] == "[redacted]"
     assert entry["response"]["redirectURL"] == "/next?token=[redacted]&page=1"
+
+
+@pytest.mark.parametrize(
+    "host", ["svc.example#frag", "svc.example/admin/delete?", "user@svc.example", "svc example"]
+)
+def test_a_malformed_host_cannot_change_the_replayed_target(host: str) -> None:
+    entry = build_entry(
+        captured(raw_path="/trail?", request_headers=(("Host", host),)), Redactor([]), 1 << 20
+    )
+    assert entry["request"]["_target"] == "/trail?"
+    assert parse_entry(entry).path == "/trail?"
+    del entry["request"]["_target"]  # as an entry without it: the url alone
+    assert parse_entry(entry).path == "/trail?"
+
+
+def test_a_url_keeps_its_path_as_written() -> None:
+    def path(url: str) -> str:
+        entry = build_entry(captured(), Redactor([]), 1 << 20)
+        del entry["request"]["_target"]
+        entry["request"]["url"] = url
+        return parse_entry(entry).path
+
+    assert path("https://h.test/trail?") == "/trail?"
+    assert path("https://h.test?x=1") == "/?x=1"
+    assert path("https://h.test") == "/"
+    assert path("https://h.test:8443/a%2Fb?q=1#top") == "/a%2Fb?q=1"

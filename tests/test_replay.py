@@ -27,6 +27,7 @@ from shadowproxy.redact import Redactor
 from shadowproxy.replay import Pacer, Replayer, Targets
 from shadowproxy.replay.engine import request_headers
 from tests.conftest import Backend, RunningProxy, read_fd_to_end
+from tests.hardening.support import exchange as raw_exchange
 
 MakeProxy = Callable[..., Awaitable[RunningProxy]]
 Serve = Callable[..., Awaitable[Backend]]
@@ -489,6 +490,7 @@ async def test_query_redaction_from_the_config_applies_to_the_replay_log(
     candidate = await serve(json_answer({"n": 1, "price": 11}))
     recorded = entry(1)
     recorded["request"]["url"] = "http://shop.test/items/1?Session_ID=R-SECRET&page=2"
+    recorded["request"]["_target"] = "/items/1?Session_ID=R-SECRET&page=2"
     capture = write_capture(tmp_path / "c.jsonl", [recorded])
     rules = tmp_path / "rules.yaml"
     rules.write_text("log:\n  redact_query: [session_id]\n")
@@ -585,3 +587,25 @@ async def test_ctrl_c_twice_ends_the_command_at_once(serve: Serve, tmp_path: Pat
     assert process.returncode == 130, err.decode()
     assert "4 not replayed (interrupted under way: 4)" in err.decode()
     assert len(candidate.seen) == 4
+
+
+async def test_a_malformed_host_is_replayed_to_the_target_the_client_sent(
+    serve: Serve, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    primary = await serve(json_answer({"n": 1}))
+    mirrored = await serve(json_answer({"n": 1}))
+    capture = tmp_path / "capture.jsonl"
+    running = await make_proxy(primary.url, mirrored.url, capture={"path": str(capture)})
+    for host, target in (("svc.example#frag", "/trail?"), ("svc.example/admin/delete?", "/x")):
+        request = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        answer = await raw_exchange(running.url, request.encode())
+        assert answer.status == 200, answer.data
+    assert running.proxy.capture is not None
+    await running.proxy.capture.close()
+
+    candidate = await serve(json_answer({"n": 1}))
+    log = tmp_path / "log.jsonl"
+    result = await cli(str(capture), "--candidate", candidate.url, "--log", str(log))
+    assert result.returncode == 0, result.stderr
+    assert [s.raw_path for s in candidate.seen] == ["/trail?", "/x"]
+    assert [r["path"] for r in read_log(log)] == ["/trail?", "/x"]
