@@ -441,9 +441,20 @@ class DiffRules(Model):
     null_equals_missing: bool | None = None
 
 
+def _no_literal_ids(match: str) -> str:
+    ids = EndpointPattern.parse(match).literal_ids()
+    if ids:
+        raise ValueError(
+            f'"{ids[0]}" is an id, and comparisons see endpoints with their ids folded: write '
+            f"{{id}} in its place (GET /users/{{id}}) to match them"
+        )
+    return match
+
+
 class EndpointDiffRules(DiffRules):
-    match: EndpointMatch
-    """An endpoint template (``GET /users/{id}``, method optional) or a glob (``/api/*``)."""
+    match: Annotated[EndpointMatch, AfterValidator(_no_literal_ids)]
+    """An endpoint template (``GET /users/{id}``, method optional) or a glob (``/api/*``),
+    matched against endpoints, whose ids are folded."""
 
 
 class DiffConfig(Model):
@@ -617,6 +628,12 @@ class MirrorRule(Model):
                 "cannot be combined with when: comparison rules apply per endpoint; put them "
                 "in a rule without when, or in diff.endpoints"
             )
+        match = info.data.get("match")
+        if value is not None and match is not None:
+            try:
+                _no_literal_ids(match)
+            except ValueError as error:
+                raise ValueError(f"applies to the rule's match, where {error}") from None
         return value
 
 

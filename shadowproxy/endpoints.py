@@ -2,6 +2,10 @@
 
 An endpoint is the method plus the path with its ids folded, so that ``GET /users/42/orders``
 and ``GET /users/7/orders`` are counted together as ``GET /users/{id}/orders``.
+
+Paths are matched and folded in a normal form, so that every spelling of one path meets the
+same rules: ``/%61dmin/./x`` and ``//admin/x`` are ``/admin/x`` (a rule that keeps ``/admin``
+from the candidate must hold for all of them). What is forwarded stays the client's bytes.
 """
 
 from __future__ import annotations
@@ -12,22 +16,56 @@ from functools import lru_cache
 
 ID_PLACEHOLDER = "{id}"
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
-_NUMBER = re.compile(r"-?\d+")
-_LONG_HEX = re.compile(r"[0-9a-fA-F]{16,}")
-# Opaque tokens: long, with both digits and letters (base64 ids, ULIDs, hashes).
-_TOKEN = re.compile(r"(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{20,}")
+_ID_FORMS = tuple(
+    re.compile(form)
+    for form in (
+        r"-?\d+(?:\.\d+)?",  # numbers, decimals
+        r"[0-9a-fA-F]{8}(?:-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}",  # UUIDs
+        r"[0-9a-fA-F]{16,}",  # long hex
+        r"(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{7,}",  # short hashes: a3f9c21
+        r"\d{4}-\d\d-\d\d(?:T[\d:.]+(?:Z|[+-][\d:]+)?)?",  # dates and times
+        r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",  # JWTs
+        r"[^@\s]+@[^@\s]+\.[^@\s]+",  # e-mail addresses
+        # Opaque tokens: long, with both digits and letters (base64 ids, ULIDs, hashes).
+        r"(?=[A-Za-z0-9_+-]*\d)(?=[A-Za-z0-9_+-]*[A-Za-z])[A-Za-z0-9_+-]{16,}={0,2}",
+    )
+)
+_UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|3\d|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
 
 
-def _is_id(segment: str) -> bool:
-    return any(p.fullmatch(segment) for p in (_NUMBER, _UUID, _LONG_HEX, _TOKEN))
+def is_id(segment: str) -> bool:
+    return any(form.fullmatch(segment) for form in _ID_FORMS)
+
+
+@lru_cache(maxsize=4096)
+def normal_path(bare: str) -> str:
+    """``bare`` (a path without query) as rules see it: percent-escapes of unreserved
+    characters decoded and dot segments removed (RFC 3986, 6.2.2), repeated slashes merged."""
+    if "%" not in bare and "//" not in bare and "/." not in bare:
+        return bare
+    path = _UNRESERVED_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), bare)
+    kept: list[str] = []
+    segments = path.split("/")[1:] if path.startswith("/") else path.split("/")
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "..":
+            if kept:
+                kept.pop()
+            if last:
+                kept.append("")
+        elif segment == ".":
+            if last:
+                kept.append("")
+        elif segment or last:
+            kept.append(segment)
+    return "/" + "/".join(kept)
 
 
 @lru_cache(maxsize=4096)
 def fold_path(path: str) -> str:
-    """The path without its query, with id-like segments replaced by ``{id}``."""
-    bare = path.split("?", 1)[0].split("#", 1)[0] or "/"
-    return "/".join(ID_PLACEHOLDER if _is_id(s) else s for s in bare.split("/"))
+    """The path without its query, in its normal form, with id-like segments as ``{id}``."""
+    bare = normal_path(path.split("?", 1)[0].split("#", 1)[0] or "/")
+    return "/".join(ID_PLACEHOLDER if is_id(s) else s for s in bare.split("/"))
 
 
 def endpoint_of(method: str, path: str) -> str:
@@ -64,8 +102,14 @@ class EndpointPattern:
         """Match against a raw request path (query ignored) or an endpoint's folded path."""
         if self.methods is not None and method.upper() not in self.methods:
             return False
-        bare = path.split("?", 1)[0]
+        bare = normal_path(path.split("?", 1)[0])
         return self.regex.fullmatch(bare) is not None
+
+    def literal_ids(self) -> list[str]:
+        """Segments written literally that endpoints fold to ``{id}``: ``/items/7`` can
+        never match the endpoint ``GET /items/{id}``."""
+        path = self.source.split(None, 1)[-1]
+        return [s for s in path.split("/") if is_id(s)]
 
 
 def _path_regex(path: str) -> str:

@@ -24,7 +24,7 @@ from urllib.parse import unquote_plus
 from multidict import CIMultiDict, MultiMapping
 
 from shadowproxy.config import MirrorConfig, MirrorRule
-from shadowproxy.endpoints import EndpointPattern
+from shadowproxy.endpoints import EndpointPattern, normal_path
 
 
 class SkipReason(enum.StrEnum):
@@ -274,6 +274,7 @@ class Sampler:
     ) -> Decision:
         """``path`` is the raw request path with its query; ``headers`` the client's."""
         bare, _, raw_query = path.partition("?")
+        bare = normal_path(bare)
         query = _Query(raw_query)
         rule: _Rule | None = None
         if self._rules:

@@ -80,6 +80,10 @@ def test_missing_required_key() -> None:
         ({"log": {"path": ""}}, "log.path: string should have at least 1 character"),
         ({"mirror": {"list": 1}}, "mirror.list: unknown key"),
         ({"mirror": {None: 1}}, "mirror: the key null must be a string (quote it)"),
+        (
+            {"diff": {"endpoints": [{"match": "GET /items/7", "ignore": ["/a"]}]}},
+            'diff.endpoints[0].match: "7" is an id, and comparisons see endpoints with their',
+        ),
     ],
 )
 def test_bad_values_name_their_key(data: dict[str, object], expected: str) -> None:

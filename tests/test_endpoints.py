@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shadowproxy.endpoints import EndpointPattern, endpoint_of, fold_path
+from shadowproxy.endpoints import EndpointPattern, endpoint_of, fold_path, normal_path
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,14 @@ from shadowproxy.endpoints import EndpointPattern, endpoint_of, fold_path
         ("/api/v2/health-check", "/api/v2/health-check"),
         ("/", "/"),
         ("", "/"),
+        ("/magic/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJlX2hlcmU", "/magic/{id}"),
+        ("/commits/a3f9c21", "/commits/{id}"),
+        ("/users/ada@example.com", "/users/{id}"),
+        ("/reports/2024-01-31", "/reports/{id}"),
+        ("/prices/3.14", "/prices/{id}"),
+        ("/k/aGVsbG8gd29ybGQxMjM0NQ==", "/k/{id}"),
+        ("/beef/deadbeef", "/beef/deadbeef"),
+        ("//users/./42/", "/users/{id}/"),
     ],
 )
 def test_fold_path(path: str, folded: str) -> None:
@@ -51,3 +59,34 @@ def test_pattern_matching(pattern: str, method: str, path: str, expected: bool) 
 def test_pattern_needs_a_path() -> None:
     with pytest.raises(ValueError, match="must start with"):
         EndpointPattern.parse("GET users")
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        ("/admin/x", "/admin/x"),
+        ("/%61dmin/x", "/admin/x"),
+        ("//admin//x", "/admin/x"),
+        ("/./admin/x", "/admin/x"),
+        ("/a/b/../../admin/x", "/admin/x"),
+        ("/%2E%2E/admin", "/admin"),
+        ("/a/..", "/"),
+        ("/a/", "/a/"),
+        ("/a%2Fb", "/a%2Fb"),  # a reserved character escaped is data, not a separator
+        ("/%7Euser", "/~user"),
+        ("/.well-known/x", "/.well-known/x"),
+    ],
+)
+def test_normal_path(raw: str, normal: str) -> None:
+    assert normal_path(raw) == normal
+
+
+def test_patterns_match_every_spelling_of_a_path() -> None:
+    pattern = EndpointPattern.parse("GET /admin/**")
+    for path in ("/admin/x", "/%61dmin/x", "//admin/x", "/./admin/x", "/x/../admin/y"):
+        assert pattern.matches("GET", path)
+
+
+def test_literal_ids_in_a_pattern() -> None:
+    assert EndpointPattern.parse("GET /items/7/parts/{id}").literal_ids() == ["7"]
+    assert EndpointPattern.parse("/reports/**").literal_ids() == []

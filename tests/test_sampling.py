@@ -69,6 +69,14 @@ def test_mirror_false_wins_over_everything_after_it() -> None:
     assert s.decide("GET", "/static/js/app.js").mirror  # "*" is one segment only
 
 
+@pytest.mark.parametrize("path", ["/%61dmin/x", "//admin/x", "/./admin/x", "/api/../admin/x"])
+def test_rules_hold_for_every_spelling_of_a_path(path: str) -> None:
+    """A rule keeping /admin from the candidate must not be got round by spelling it another
+    way that the primary (and most servers) read as the same path."""
+    s = sampler(rules=[{"match": "/admin/**", "mirror": False}])
+    assert s.decide("GET", path).reason is SkipReason.RULE
+
+
 def test_unsafe_methods_only_with_allow_unsafe() -> None:
     s = sampler(
         rules=[
