@@ -30,6 +30,7 @@ from pydantic import (
 from yarl import URL
 
 from shadowproxy.endpoints import EndpointPattern
+from shadowproxy.logsafe import secret_header
 
 ENV_CONFIG = "SHADOWPROXY_CONFIG"
 ENV_ADMIN_TOKEN = "SHADOWPROXY_ADMIN_TOKEN"
@@ -84,19 +85,6 @@ DEFAULT_REDACT_QUERY = (
     "x-amz-security-token",
     "x-amz-signature",
 )
-
-# Header values that never reach the log, the capture files or the admin endpoints.
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-
-
-_SECRET_NAME_PARTS = ("auth", "token", "key", "secret", "password", "signature", "session")
-
-
-def _secret_header(name: str) -> bool:
-    """Headers whose values are treated as secrets where the config is shown."""
-    lowered = name.lower()
-    return lowered in SECRET_HEADERS or any(part in lowered for part in _SECRET_NAME_PARTS)
-
 
 RESTART_ONLY_KEYS = (
     "listen", "admin", "primary", "candidate", "secondary", "capture", "listen_tls",
@@ -894,7 +882,7 @@ class Config(Model):
             ]
             for values in shown:
                 for header in values:
-                    if _secret_header(header):
+                    if secret_header(header):
                         values[header] = "[redacted]"
             query: dict[str, Any] = conditions.get("query") or {}
             for parameter in query:

@@ -7,8 +7,6 @@ from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict
 
-from shadowproxy.config import SECRET_HEADERS
-from shadowproxy.exchange import Headers
 from shadowproxy.logsafe import loggable
 
 # RFC 9110 section 7.6.1: connection-specific fields an intermediary must not forward.
@@ -121,11 +119,6 @@ def response_headers(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
         if name.lower() == "connection":
             listed.update(t.strip().lower() for t in value.split(",") if t.strip())
     return end_to_end(materialised, frozenset(listed))
-
-
-def redact_headers(pairs: Headers, secret: frozenset[str] = SECRET_HEADERS) -> Headers:
-    """Secret header values replaced; names kept, so a reader still sees they were sent."""
-    return tuple((n, REDACTED if n.lower() in secret else v) for n, v in pairs)
 
 
 def head_bytes(status_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
