@@ -352,6 +352,36 @@ async def test_verdict_makes_it_one_ci_step(serve: Serve, tmp_path: Path) -> Non
     assert "verdict: PASS" in piped.stderr
 
 
+def run_cli_with_closed(stream: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``replay ARGS`` with ``stream`` a pipe whose reader has gone, as in ``| true``."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "shadowproxy", "replay", *args],
+            stdout=write_end if stream == "stdout" else subprocess.DEVNULL,
+            stderr=write_end if stream == "stderr" else subprocess.DEVNULL,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+async def test_a_failed_verdict_stays_failed_when_nobody_reads_it(
+    serve: Serve, tmp_path: Path, stream: str
+) -> None:
+    different = await serve(json_answer({"n": 1, "price": 99}))
+    capture = write_capture(tmp_path / "c.jsonl", [entry(1) for _ in range(20)])
+    bars = ("--verdict", "--max-mismatch-rate", "0.01", "--min-samples", "10", "--no-progress")
+    result = await asyncio.to_thread(
+        run_cli_with_closed, stream, str(capture), "--candidate", different.url,
+        "--log", str(tmp_path / "log.jsonl"), *bars,
+    )  # fmt: skip
+    assert result.returncode == 1
+
+
 async def test_the_log_reads_with_report_unchanged(serve: Serve, tmp_path: Path) -> None:
     candidate = await serve(json_answer({"n": 1, "price": 11}))
     capture = write_capture(tmp_path / "c.jsonl", [entry(n) for n in range(3)])

@@ -36,7 +36,7 @@ from shadowproxy.redact import Redactor
 from shadowproxy.replay.engine import Pacer, Replayer, ReplayStats, Targets
 from shadowproxy.replay.progress import ProgressDisplay
 from shadowproxy.report.aggregate import Aggregator
-from shadowproxy.report.cli import NO_BARS, add_bar_options, bars_of
+from shadowproxy.report.cli import NO_BARS, add_bar_options, bars_of, silence, tell
 from shadowproxy.report.read import STDIN, ReportInputError, expand_sources
 from shadowproxy.report.summary import summarise
 from shadowproxy.report.verdict import evaluate, render_text
@@ -162,7 +162,7 @@ class Setup:
 
 
 def _error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    tell(f"{PROG}: error: {message}")
     return EXIT_USAGE
 
 
@@ -310,8 +310,8 @@ async def _replay(args: argparse.Namespace, setup: Setup) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
     for warning in stats.read.warnings():
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    print(f"{PROG}: {summary_line(stats, writer)}", file=sys.stderr, flush=True)
+        tell(f"{PROG}: warning: {warning}")
+    tell(f"{PROG}: {summary_line(stats, writer)}")
     if failed is not None:
         return _error(failed)
     code = EXIT_OK
@@ -321,7 +321,7 @@ async def _replay(args: argparse.Namespace, setup: Setup) -> int:
     elif aggregator is not None:
         code = _verdict(args, aggregator)
     if replayer.stopped:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        tell(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
     return code
 
@@ -331,11 +331,13 @@ def _verdict(args: argparse.Namespace, aggregator: Aggregator) -> int:
     verdict = evaluate(summary, bars_of(args))
     # The log may be on stdout; the verdict must not end up inside it.
     out = sys.stderr if args.log == "-" else sys.stdout
-    if args.json:
-        out.write(verdict_json(verdict).decode() + "\n")
-    else:
-        out.write(render_text(verdict))
-    out.flush()
+    try:
+        out.write(verdict_json(verdict).decode() + "\n" if args.json else render_text(verdict))
+        out.flush()
+    except BrokenPipeError:
+        # Nobody reads the verdict (``| true``): it stands all the same, and a pipeline gating
+        # on the status must not read a failure as a pass.
+        silence(out)
     return verdict.exit_code
 
 

@@ -144,7 +144,7 @@ def _summary(args: argparse.Namespace, command: str) -> Summary | None:
     try:
         aggregator = read_logs(args.logs, record_filter if record_filter.active else None)
     except ReportInputError as error:
-        _tell(f"shadowproxy {command}: error: {error}")
+        tell(f"shadowproxy {command}: error: {error}")
         return None
     _warn_skipped(aggregator, command)
     return summarise(
@@ -159,20 +159,20 @@ def _summary(args: argparse.Namespace, command: str) -> Summary | None:
 def _warn_skipped(aggregator: Aggregator, command: str) -> None:
     counts = aggregator.counts
     for name in counts.truncated:
-        _tell(f"shadowproxy {command}: warning: {TRUNCATED.format(name=name)}")
+        tell(f"shadowproxy {command}: warning: {TRUNCATED.format(name=name)}")
     if counts.corrupted:
-        _tell(
+        tell(
             f"shadowproxy {command}: warning: skipped {counts.corrupted:,} corrupted "
             f"line(s) that are not JSON objects (first: {counts.first_corrupted})"
         )
     if counts.invalid:
-        _tell(
+        tell(
             f"shadowproxy {command}: warning: skipped {counts.invalid:,} exchange record(s) "
             "missing fields a report needs"
         )
 
 
-def _silence(stream: TextIO) -> None:
+def silence(stream: TextIO) -> None:
     """Point ``stream``'s descriptor at /dev/null once its reader has gone away, so that
     Python's flush at exit does not fail again (and turn the exit status into 120)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -182,13 +182,13 @@ def _silence(stream: TextIO) -> None:
         os.close(devnull)
 
 
-def _tell(message: str) -> None:
+def tell(message: str) -> None:
     """One line for the operator on stderr. When nobody reads stderr any more the line is
     dropped: the exit status still speaks, and must not become the 0 of a broken pipe."""
     try:
         print(message, file=sys.stderr, flush=True)
     except BrokenPipeError:
-        _silence(sys.stderr)
+        silence(sys.stderr)
 
 
 def _write(out: IO[bytes], payload: bytes) -> None:
@@ -199,7 +199,7 @@ def _write(out: IO[bytes], payload: bytes) -> None:
 def run_report(args: argparse.Namespace) -> int:
     if args.html == "-" and args.json:
         # One stream cannot carry both documents; the second was silently left out.
-        _tell(
+        tell(
             "shadowproxy report: error: --html - and --json both write to stdout: write the "
             "HTML to a file, or leave one out"
         )
@@ -215,9 +215,9 @@ def run_report(args: argparse.Namespace) -> int:
         try:
             Path(args.html).write_bytes(page)
         except OSError as error:
-            _tell(f"shadowproxy report: error: {args.html}: {error.strerror}")
+            tell(f"shadowproxy report: error: {args.html}: {error.strerror}")
             return 2
-        _tell(f"shadowproxy report: wrote {args.html}")
+        tell(f"shadowproxy report: wrote {args.html}")
     if args.json:
         _write(sys.stdout.buffer, to_json(summary, indent=True) + b"\n")
     else:
@@ -229,7 +229,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_verdict(args: argparse.Namespace) -> int:
     bars = bars_of(args)
     if not bars.any:
-        _tell(f"shadowproxy verdict: error: {NO_BARS}")
+        tell(f"shadowproxy verdict: error: {NO_BARS}")
         return EXIT_INSUFFICIENT
     summary = _summary(args, "verdict")
     if summary is None:
@@ -244,7 +244,7 @@ def run_verdict(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         # The reader went away (``| head``, ``| true``): the verdict stands all the same, and
         # a pipeline gating on the status must not read a failure as a pass.
-        _silence(sys.stdout)
+        silence(sys.stdout)
     return verdict.exit_code
 
 
