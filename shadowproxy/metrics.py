@@ -163,12 +163,7 @@ class Metrics:
             "Client requests the proxy answered itself without forwarding, by reason.",
             ["reason"], registry=r,
         )  # fmt: skip
-        self.reloads = Counter(
-            "shadowproxy_config_reloads", "Config reloads by result.", ["result"], registry=r
-        )
-        for result in ("ok", "invalid"):
-            # Shown at 0 from the start: an alert on failed reloads needs a series to watch.
-            self.reloads.labels(result)
+        self.reloads = reloads_counter(r)
         self.captured = Counter(
             "shadowproxy_capture_exchanges",
             "Exchanges captured for replay, by result: written, dropped (buffer full), lost.",
@@ -227,6 +222,23 @@ def log_lost_counter(registry: CollectorRegistry | None = None) -> Counter:
     )
 
 
+def reloads_counter(registry: CollectorRegistry) -> Counter:
+    """Config reloads by result. With workers only the supervisor counts them: it reads and
+    judges the file once for all, and a refused file never reaches a worker."""
+    counter = Counter(
+        "shadowproxy_config_reloads", "Config reloads by result.", ["result"], registry=registry
+    )
+    for result in ("ok", "invalid"):
+        counter.labels(result)  # at 0 from the start: an alert on failures needs a series
+    return counter
+
+
+def forget_process(pid: int) -> None:
+    """Drop a dead worker's live gauges (in flight, breaker open) from the multiprocess
+    directory; its counters stay in the sums."""
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
 class SupervisorMetrics:
     """What only the supervisor knows: its workers' lives. Written, like the workers' own, to
     the shared multiprocess directory, so /metrics shows them beside the sums."""
@@ -243,6 +255,7 @@ class SupervisorMetrics:
             registry=r,
         )
         self.log_lost = log_lost_counter(r)
+        self.reloads = reloads_counter(r)
 
 
 def render_all_workers() -> bytes:

@@ -317,23 +317,29 @@ class Proxy:
             return False
         return self.apply(new)
 
-    def apply_text(self, text: str) -> bool:
-        """Swap in the config the supervisor sent (validated there, parsed again here)."""
+    def apply_text(self, text: str, catch_up: bool = False) -> bool:
+        """Swap in the config the supervisor sent (validated there, parsed again here).
+        ``catch_up``: the text in force, sent to a worker started again after reloads."""
         try:
             new = parse_config_text(text, str(self.config_path or "config"))
         except ConfigError as error:
             self._reload_failed(error)
             return False
-        return self.apply(new)
+        return self.apply(new, catch_up=catch_up)
 
     def _reload_failed(self, error: Exception, event: str = "config_reload_failed") -> bool:
-        self.metrics.reloads.labels("invalid").inc()
+        if self.worker is None:  # with workers the supervisor counts (metrics.reloads_counter)
+            self.metrics.reloads.labels("invalid").inc()
         self.log.error(event, path=str(self.config_path), error=str(error))
         return False
 
-    def apply(self, new: Config) -> bool:
+    def apply(self, new: Config, *, catch_up: bool = False) -> bool:
         """Swap in ``new``, but for the keys that need a restart; False, with the old config
-        still in force, when its TLS pair or its comparison rules cannot be loaded."""
+        still in force, when its TLS pair or its comparison rules cannot be loaded.
+
+        ``catch_up``: a worker started again takes the config its siblings run; that is no
+        reload, so it is neither counted nor written to the discrepancy log.
+        """
         running = self.config.reloaded(new)
         tls = running.listen_tls
         if tls is not None and self._tls_context is not None:
@@ -352,7 +358,7 @@ class Proxy:
         except ValueError as error:
             return self._reload_failed(error)
         unchanged = self.config.restart_only_changes(new)
-        if unchanged:
+        if unchanged and not catch_up:
             self.log.warning(
                 "config_reload_partial",
                 detail="these keys take effect only after a restart",
@@ -365,8 +371,12 @@ class Proxy:
         self.dispatcher.configure(running)
         self.noise.configure(running)
         self.writer.configure(running.log)
-        self.metrics.reloads.labels("ok").inc()
         digest = running.digest()
+        if catch_up:
+            self.log.info("config_caught_up", digest=digest)
+            return True
+        if self.worker is None:
+            self.metrics.reloads.labels("ok").inc()
         self.writer.event(
             "config_reloaded", digest=digest, path=str(self.config_path), worker=self.worker
         )

@@ -31,7 +31,7 @@ from shadowproxy.config import (
     without_credentials,
 )
 from shadowproxy.follow import LogFollower
-from shadowproxy.metrics import SupervisorMetrics, render_all_workers
+from shadowproxy.metrics import SupervisorMetrics, forget_process, render_all_workers
 from shadowproxy.record import OUTPUT_DRAIN_TIMEOUT
 from shadowproxy.relay import LineRelay
 from shadowproxy.report.live import LiveView
@@ -248,7 +248,9 @@ class Supervisor:
         delay = RESTART_DELAY
         while not stop.is_set():
             started = time.monotonic()
-            code = await self.processes[index].wait()
+            process = self.processes[index]
+            code = await process.wait()
+            forget_process(process.pid)
             self._serving.discard(index)
             self._metrics.serving.set(len(self._serving))
             if self._stopping:
@@ -284,12 +286,14 @@ class Supervisor:
             new = self.config.reloaded(parse_config_text(text, str(self.config_path)))
             RuleBook.from_config(new.effective_diff())
         except (ConfigError, ValueError) as error:
+            self._metrics.reloads.labels("invalid").inc()
             self.log.error("config_reload_failed", path=str(self.config_path), error=str(error))
             return False
         if new.listen_tls is not None:
             try:  # what every worker would find: refused once, here, and sent to none
                 listener_tls_context(new.listen_tls)
             except (OSError, ssl.SSLError) as error:
+                self._metrics.reloads.labels("invalid").inc()
                 self.log.error("tls_reload_failed", error=str(error))
                 return False
         self.config, self._config_text = new, text
@@ -298,6 +302,7 @@ class Supervisor:
         for transport in self._channels.values():
             if not transport.is_closing():  # a worker gone; its successor starts with the text
                 transport.write(channel.frame(text))
+        self._metrics.reloads.labels("ok").inc()
         self.log.info("config_reloaded", digest=new.digest(), workers=self.count)
         return True
 
@@ -307,7 +312,7 @@ class Supervisor:
         channel."""
         transport.write(channel.frame(self._start_text))
         if self._config_text is not self._start_text:
-            transport.write(channel.frame(self._config_text))
+            transport.write(channel.frame(self._config_text, catch_up=True))
         old = self._channels.pop(index, None)
         if old is not None:
             old.close()

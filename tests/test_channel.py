@@ -11,11 +11,16 @@ from hypothesis import strategies as st
 from shadowproxy import channel
 
 
-@given(st.lists(st.text(), max_size=5), st.integers(min_value=1, max_value=64))
-def test_texts_arrive_whole_in_order_and_the_newest_last(texts: list[str], cut: int) -> None:
-    got: list[str] = []
-    reader = channel.FrameReader(got.append)
-    data = b"".join(channel.frame(text) for text in texts)
+@given(
+    st.lists(st.tuples(st.text(), st.booleans()), max_size=5),
+    st.integers(min_value=1, max_value=64),
+)
+def test_texts_arrive_whole_in_order_and_the_newest_last(
+    texts: list[tuple[str, bool]], cut: int
+) -> None:
+    got: list[tuple[str, bool]] = []
+    reader = channel.FrameReader(lambda text, catch_up: got.append((text, catch_up)))
+    data = b"".join(channel.frame(text, catch_up=catch_up) for text, catch_up in texts)
     for start in range(0, len(data), cut):
         reader.data_received(data[start : start + cut])
     assert got[-1:] == texts[-1:]
@@ -24,11 +29,25 @@ def test_texts_arrive_whole_in_order_and_the_newest_last(texts: list[str], cut: 
 
 
 def test_of_texts_read_at_once_only_the_newest_is_given() -> None:
-    got: list[str] = []
-    channel.FrameReader(got.append).data_received(
+    got: list[tuple[str, bool]] = []
+    channel.FrameReader(lambda text, catch_up: got.append((text, catch_up))).data_received(
         b"".join(channel.frame(text) for text in ("a: 1", "a: 2", "a: 3"))
     )
-    assert got == ["a: 3"]
+    assert got == [("a: 3", False)]
+
+
+def test_a_fault_while_applying_keeps_the_channel() -> None:
+    got: list[str] = []
+
+    def apply(text: str, catch_up: bool) -> None:
+        if text == "bad":
+            raise ValueError("cannot apply")
+        got.append(text)
+
+    reader = channel.FrameReader(apply)
+    reader.data_received(channel.frame("bad"))  # logged, not raised
+    reader.data_received(channel.frame("good"))
+    assert got == ["good"]
 
 
 def test_the_first_text_is_read_no_further_than_its_end() -> None:
@@ -49,7 +68,7 @@ async def test_a_text_larger_than_a_pipe_holds_goes_through_without_blocking() -
     sender = await channel.sender(write_end)
     sender.write(channel.frame(text))  # returns at once: the rest waits in the buffer
     got: asyncio.Queue[str] = asyncio.Queue()
-    receiver = await channel.receive(read_end, got.put_nowait)
+    receiver = await channel.receive(read_end, lambda text, _: got.put_nowait(text))
     try:
         assert await asyncio.wait_for(got.get(), 10) == text
     finally:

@@ -23,6 +23,7 @@ from tests.e2e.conftest import ProxyProcess, StartProxy
 pytestmark = pytest.mark.e2e
 
 RELOAD_STORM_INTERVAL = 0.05
+RECORD_POLL = 0.05
 
 Serve = Callable[..., Awaitable[Backend]]
 
@@ -578,3 +579,64 @@ async def test_credentials_in_backend_urls_stay_out_of_the_operational_log(
     assert "[redacted]@" in text
     assert "p-pw" not in text
     assert "c-pw" not in text
+
+
+@pytest.mark.timeout(90)
+async def test_with_workers_reloads_are_counted_once_and_a_restart_is_no_reload(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    proxy = await answering_alike(serve, start_proxy, 2)
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["mirror"] = {"sample_rate": 0.5}
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    await proxy.wait_count("config_reloaded", 3)  # the supervisor and both workers
+    proxy.config_path.write_text("mirror: {sample_rate: [\n")
+    proxy.process.send_signal(signal.SIGHUP)
+    await proxy.wait_event("config_reload_failed")
+    reloads = "shadowproxy_config_reloads_total"
+    assert await metric(proxy.admin_url, reloads, result="ok") == 1
+    assert await metric(proxy.admin_url, reloads, result="invalid") == 1
+
+    first = proxy.events("worker_listening")[0]
+    os.kill(first["pid"], signal.SIGKILL)
+    await proxy.wait_event("worker_restarted", timeout=20)
+    await proxy.wait_until(
+        lambda: any(e.get("worker") == first["worker"] for e in proxy.events("config_caught_up"))
+    )
+    assert proxy.count("config_reloaded") == 3
+    assert await metric(proxy.admin_url, reloads, result="ok") == 1
+    assert await proxy.stop() == 0
+    logged = [r for r in proxy.lines() if r.get("event") == "config_reloaded"]
+    assert len(logged) == 2  # one record per worker, for the one reload
+
+
+@pytest.mark.timeout(90)
+async def test_a_dead_workers_mirrors_in_flight_leave_the_gauge(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    release = asyncio.Event()
+
+    async def stalled(_: web.BaseRequest) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text="late")
+
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(stalled)
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "2"), candidate={"timeout": 60}
+    )
+    try:
+        await get_on_new_connections(proxy.url, [f"/r{i}" for i in range(40)])
+        in_flight = "shadowproxy_mirrors_in_flight"
+        async with asyncio.timeout(10):
+            # Published at each flush of the log: a scrape is the only way to see it.
+            while await metric(proxy.admin_url, in_flight) < 40:  # noqa: ASYNC110
+                await asyncio.sleep(RECORD_POLL)
+        for worker in proxy.events("worker_listening"):
+            os.kill(worker["pid"], signal.SIGKILL)
+        await proxy.wait_count("worker_restarted", 2, timeout=20)
+        assert await metric(proxy.admin_url, in_flight) == 0
+    finally:
+        release.set()
+    assert await proxy.stop() == 0
