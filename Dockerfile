@@ -41,13 +41,15 @@ WORKDIR /var/lib/shadowproxy
 # outside the container).
 EXPOSE 8080 9901
 
-# GET /healthz on the admin listener from inside the container (slim images have no curl). The
-# port is read from the config; 127.0.0.1 reaches an admin listener on loopback or 0.0.0.0.
+# GET /healthz on the admin listener from inside the container (slim images have no curl),
+# at the address the config ($SHADOWPROXY_CONFIG) names, read by the proxy's own parser.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request, yaml; c = yaml.safe_load(open(os.environ['SHADOWPROXY_CONFIG'])) or {}; port = str(c.get('admin', '127.0.0.1:9901')).rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+    CMD ["shadowproxy", "healthcheck"]
 
 # tini passes the SIGTERM of `docker stop` (and SIGHUP) on to the proxy, which drains
 # requests under way, flushes the log and exits. Give it time: shutdown_timeout (15 s by
 # default) plus mirror.shutdown_grace, e.g. `docker stop -t 20`.
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["shadowproxy", "run", "--config", "/etc/shadowproxy/config.yaml"]
+# The config is $SHADOWPROXY_CONFIG, as for the health check: `-e SHADOWPROXY_CONFIG=...`
+# moves both.
+CMD ["shadowproxy", "run"]

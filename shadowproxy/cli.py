@@ -143,6 +143,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+HEALTHCHECK_TIMEOUT = 4.0
+# A listener on every interface is reached through loopback from inside the container.
+_REACHED_AS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """GET /healthz (or /readyz) on the admin listener the config names: the container's
+    health check, with the config's own parser and no proxy variables in the way."""
+    import http.client
+
+    path = _config_path(args)
+    loaded = _load(path)
+    if loaded is None:
+        return EXIT_USAGE
+    admin = loaded[0].admin
+    host = _REACHED_AS.get(admin.host, admin.host)
+    target = "/readyz" if args.ready else "/healthz"
+    try:
+        connection = http.client.HTTPConnection(host, admin.port, timeout=HEALTHCHECK_TIMEOUT)
+        connection.request("GET", target)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as error:
+        print(f"shadowproxy: {target} on {admin}: {error}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"shadowproxy: {target} on {admin}: HTTP {status}", file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shadowproxy",
@@ -168,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", nargs="?", help=f"config file (default: ${ENV_CONFIG})")
     check.set_defaults(func=cmd_check_config, config=None)
+
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 when the running proxy's admin listener says it is healthy"
+    )
+    health.add_argument("--config", "-c", help=f"config file (default: ${ENV_CONFIG})")
+    health.add_argument(
+        "--ready", action="store_true", help="ask /readyz (the primary reachable) instead"
+    )
+    health.set_defaults(func=cmd_healthcheck)
 
     _register_optional(commands)
     return parser

@@ -16,6 +16,7 @@ from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.config import parse_config
 from shadowproxy.report.html import render_html
 from shadowproxy.report.live import LiveView
+from tests.conftest import run_cli
 
 CONFIG_CANDIDATE = {"url": "http://127.0.0.1:2"}
 CONFIG = parse_config({"primary": {"url": "http://127.0.0.1:1"}, "candidate": CONFIG_CANDIDATE})
@@ -72,3 +73,39 @@ async def test_readiness_probes_a_unix_socket_primary(tmp_path: Any) -> None:
     server = await asyncio.start_unix_server(lambda _r, w: w.close(), path)
     async with server:
         assert await admin.primary_reachable(config)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("form", ["text", "mapping"])
+async def test_healthcheck_command_reaches_the_admin_listener_the_config_names(
+    tmp_path: Any, form: str
+) -> None:
+    view = LiveView()
+    app = build_admin_app(
+        config=lambda: CONFIG,
+        metrics=lambda: b"",
+        report=LiveReport(summary=view.summary, title=view.title),
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "0.0.0.0", 0)  # every interface: reached through loopback
+    await site.start()
+    port = runner.addresses[0][1]
+    admin = f"'0.0.0.0:{port}'" if form == "text" else f"{{host: 0.0.0.0, port: {port}}}"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"primary: {{url: 'http://127.0.0.1:1'}}\ncandidate: {{url: 'http://127.0.0.1:2'}}\n"
+        f"admin: {admin}\n"
+    )
+    try:
+        healthy = await asyncio.to_thread(run_cli, "healthcheck", "--config", str(config))
+        assert healthy.returncode == 0, healthy.stderr
+        ready = await asyncio.to_thread(run_cli, "healthcheck", "--ready", "-c", str(config))
+        assert ready.returncode == 1  # the primary (port 1) is not there
+        assert "/readyz" in ready.stderr
+        assert "HTTP 503" in ready.stderr
+    finally:
+        await runner.cleanup()
+    gone = await asyncio.to_thread(run_cli, "healthcheck", "--config", str(config))
+    assert gone.returncode == 1
+    assert "Traceback" not in gone.stderr

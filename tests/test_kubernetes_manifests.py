@@ -163,8 +163,11 @@ class TestProxySidecar:
         config = _proxy_config(deployment)
         assert config.reload.watch, "ConfigMap edits only take effect when the file is watched"
         # The default worker count is the node's core count, not the container's CPU share.
-        argv = _container(deployment, PROXY_CONTAINER)["command"]
+        container = _container(deployment, PROXY_CONTAINER)
+        argv = container["args"]
         assert "--workers" in argv or "-w" in argv
+        # args, not command: the image's entrypoint (tini) stays PID 1 and reaps orphans.
+        assert "command" not in container
 
     def test_candidate_url_names_a_service_of_the_examples(self, deployment: Resource) -> None:
         config = _proxy_config(deployment)
