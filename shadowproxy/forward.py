@@ -34,7 +34,7 @@ from shadowproxy.headers import (
     with_host,
 )
 from shadowproxy.metrics import Metrics
-from shadowproxy.mirror import MirrorDispatcher, MirrorTicket
+from shadowproxy.mirror import MirrorDispatcher, MirrorTicket, TicketState
 from shadowproxy.pool import (
     NO_BODY_STATUSES,
     ConnectFailed,
@@ -352,45 +352,61 @@ class PrimaryPath:
         if expect_continue:
             await request.writer.write(CONTINUE)
         copy = BoundedCopy(config.mirror.max_body_bytes) if ticket is not None else None
+        # A body still arriving after the candidate's timeout is not mirrored: its ticket
+        # holds an in-flight slot, and a few slow uploaders would stop mirroring for everyone.
+        too_slow = (
+            asyncio.get_running_loop().call_later(
+                config.candidate.timeout, ticket.abandon, SkipReason.REQUEST_INCOMPLETE
+            )
+            if ticket is not None
+            else None
+        )
         limit = config.limits.max_request_body_bytes
         stall = config.limits.idle_timeout
-        received = 0
-        chunks = aiter(request.content.iter_any())
-        while True:
-            problem: ClientBodyFailed | None = None
-            try:
-                async with asyncio.timeout(stall):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                problem = ClientBodyFailed(408, "request_timeout", "the request body stalled")
-            except web.RequestPayloadError:
-                problem = ClientBodyFailed(400, "bad_request", "the request body is malformed")
-            except ConnectionError:
-                problem = ClientBodyFailed(
-                    499, "client_aborted", "the client closed the connection"
-                )
-            else:
-                received += len(chunk)
-                if limit is not None and received > limit:
+        try:
+            received = 0
+            chunks = aiter(request.content.iter_any())
+            while True:
+                problem: ClientBodyFailed | None = None
+                try:
+                    async with asyncio.timeout(stall):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    problem = ClientBodyFailed(408, "request_timeout", "the request body stalled")
+                except web.RequestPayloadError:
+                    problem = ClientBodyFailed(400, "bad_request", "the request body is malformed")
+                except ConnectionError:
                     problem = ClientBodyFailed(
-                        413, "request_too_large", f"body exceeds {limit} bytes"
+                        499, "client_aborted", "the client closed the connection"
                     )
-            if problem is not None:
-                if failed is not None:
-                    failed.append(problem)
-                raise problem
-            if copy is not None:
-                copy.add(chunk)
-                if copy.overflowed and ticket is not None:
-                    ticket.abandon(SkipReason.BODY_SIZE)
-                    copy = None
-            if recording is not None:
-                recording.request_chunk(chunk)
-            yield chunk
-        if copy is not None and ticket is not None:
-            ticket.request_complete(copy.body())
+                else:
+                    received += len(chunk)
+                    if limit is not None and received > limit:
+                        problem = ClientBodyFailed(
+                            413, "request_too_large", f"body exceeds {limit} bytes"
+                        )
+                if problem is not None:
+                    if failed is not None:
+                        failed.append(problem)
+                    raise problem
+                if copy is not None and ticket is not None:
+                    if ticket.state is TicketState.ABANDONED:
+                        copy = None  # abandoned meanwhile (too slow): keep nothing for it
+                    else:
+                        copy.add(chunk)
+                        if copy.overflowed:
+                            ticket.abandon(SkipReason.BODY_SIZE)
+                            copy = None
+                if recording is not None:
+                    recording.request_chunk(chunk)
+                yield chunk
+            if copy is not None and ticket is not None:
+                ticket.request_complete(copy.body())
+        finally:
+            if too_slow is not None:
+                too_slow.cancel()
 
     async def _answer(
         self,

@@ -87,7 +87,7 @@ class MirrorTicket:
 
     __slots__ = (
         "_admission", "_dispatcher", "_primary", "_request_headers", "client_ip", "edit",
-        "endpoint", "id", "method", "path", "started_at", "state",
+        "endpoint", "id", "method", "path", "started_at", "state", "task",
     )  # fmt: skip
 
     def __init__(
@@ -101,7 +101,7 @@ class MirrorTicket:
         client_ip: str,
         upstream_headers: CIMultiDict[str],
         edit: CandidateEdit | None = None,
-        admission: tuple[Breaker, Admission] | None = None,
+        admission: tuple[Breaker, Admission, int] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._primary: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
@@ -117,6 +117,8 @@ class MirrorTicket:
         """The matched rule's changes to the candidate's copy (path prefix, headers)."""
         self.started_at = time.time()
         self.state = TicketState.ADMITTED
+        self.task: asyncio.Task[None] | None = None
+        """The mirror under way, once the request body is complete."""
 
     def settle(self, healthy: bool | None) -> None:
         """Tell the breaker that admitted this request how the candidate did, once.
@@ -126,11 +128,11 @@ class MirrorTicket:
         held, self._admission = self._admission, None
         if held is None:
             return
-        breaker, admission = held
+        breaker, admission, generation = held
         if healthy is None:
             breaker.release(admission)
         else:
-            breaker.record(admission, healthy)
+            breaker.record(admission, healthy, generation)
 
     def request_complete(self, body: bytes) -> None:
         """The whole request body is known: the candidate call starts now, beside the primary."""
@@ -170,6 +172,9 @@ class MirrorTicket:
         if was_admitted:  # no task holds the in-flight slot yet
             self.settle(None)
             self._dispatcher._release()
+        elif self.task is not None:
+            # Nothing will be compared: waiting for the candidate would only hold the slot.
+            self.task.cancel()
 
     async def primary_response(self) -> Response | None:
         return await self._primary
@@ -326,7 +331,9 @@ class MirrorDispatcher:
             upstream_headers=upstream_headers,
             edit=edit,
             admission=(
-                (breaker, admission) if breaker is not None and admission is not None else None
+                (breaker, admission, breaker.generation)
+                if breaker is not None and admission is not None
+                else None
             ),
         )
 
@@ -342,6 +349,7 @@ class MirrorDispatcher:
     ) -> None:
         self._mirrored.inc()
         task = asyncio.get_running_loop().create_task(self._run(ticket, request, headers))
+        ticket.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -351,7 +359,8 @@ class MirrorDispatcher:
         try:
             await self._mirror(ticket, request, headers)
         except asyncio.CancelledError:
-            self._count_skip(SkipReason.SHUTDOWN)
+            if ticket.state is not TicketState.ABANDONED:  # else counted where it was abandoned
+                self._count_skip(SkipReason.SHUTDOWN)
             raise
         except Exception as error:
             # A fault of the proxy's own in the background (the client has its answer): one

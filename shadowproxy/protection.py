@@ -85,8 +85,10 @@ class Breaker:
     """Opens after ``failures`` consecutive candidate errors; after ``pause`` seconds lets one
     probe through: its success closes the breaker, its failure opens it for another pause.
 
-    While open or half-open, results of requests admitted before the breaker opened are
-    ignored: only the probe decides. ``listener(state, reason)`` hears every change of state.
+    Results of requests admitted before the breaker last opened are ignored, while it is
+    open and after it has closed again: only the probe decides, and a slow candidate's late
+    answers cannot count twice. Pass ``generation`` (read at admission) with each result.
+    ``listener(state, reason)`` hears every change of state.
     """
 
     def __init__(
@@ -105,6 +107,8 @@ class Breaker:
         self.consecutive = 0
         self._opened_at = 0.0
         self._probing = False
+        self.generation = 0
+        """Goes up each time the breaker opens."""
 
     @property
     def is_open(self) -> bool:
@@ -131,8 +135,10 @@ class Breaker:
         self._probing = True
         return Admission.PROBE
 
-    def record(self, admission: Admission, ok: bool) -> None:
-        """The candidate's result for a request that ``allow`` admitted."""
+    def record(self, admission: Admission, ok: bool, generation: int | None = None) -> None:
+        """The candidate's result for a request that ``allow`` admitted (in ``generation``)."""
+        if generation is not None and generation != self.generation:
+            return  # admitted before the breaker last opened
         if admission is Admission.PROBE:
             if self.state is not BreakerState.HALF_OPEN or not self._probing:
                 return
@@ -158,6 +164,7 @@ class Breaker:
             self._probing = False
 
     def _open(self, reason: str) -> None:
+        self.generation += 1
         self._opened_at = self._clock()
         self._probing = False
         self._change(BreakerState.OPEN, reason)

@@ -224,6 +224,67 @@ async def test_in_flight_cap_drops_and_counts(
     assert len(await proxy.records()) == 2
 
 
+CANDIDATE_TIMEOUT = 0.3
+
+
+async def test_a_slow_upload_gives_up_its_mirror_slot(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """One client trickling its body must not hold the only in-flight slot for all."""
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 1}))
+    proxy = await make_proxy(
+        primary.url,
+        candidate.url,
+        mirror={"methods": ["GET", "POST"], "max_in_flight": 1},
+        candidate={"timeout": CANDIDATE_TIMEOUT},
+    )
+    host, port = proxy.proxy.proxy_address or ("", 0)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n1")
+        await writer.drain()
+        # The scenario is time passing: longer than the candidate's timeout, no more bytes.
+        await asyncio.sleep(CANDIDATE_TIMEOUT * 2)
+        assert proxy.proxy.dispatcher.in_flight == 0
+        async with client.get(proxy.url + "/meanwhile") as response:
+            assert response.status == 200
+        writer.write(b"234")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+    records = await proxy.records()
+    assert [r["path"] for r in records] == ["/meanwhile"]
+    metrics = proxy.proxy.metrics.render().decode()
+    assert 'shadowproxy_mirror_skipped_total{reason="request_incomplete"} 1.0' in metrics
+    assert [r.raw_path for r in candidate.seen] == ["/meanwhile"]
+
+
+async def test_a_mirror_whose_primary_failed_stops_waiting_for_the_candidate(
+    make_proxy: MakeProxy, serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+
+    async def held(_: web.BaseRequest) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text="late")
+
+    candidate = await serve(held)
+    proxy = await make_proxy(dead_url(), candidate.url, candidate={"timeout": 30})
+    try:
+        async with client.get(proxy.url + "/x") as response:
+            assert response.status == 502
+        async with asyncio.timeout(5):  # far below the candidate's 30 s: cancelled, not waiting
+            await proxy.proxy.dispatcher.idle()
+        assert proxy.proxy.dispatcher.in_flight == 0
+    finally:
+        release.set()
+    metrics = proxy.proxy.metrics.render().decode()
+    assert 'shadowproxy_mirror_skipped_total{reason="primary_failed"} 1.0' in metrics
+    assert 'reason="shutdown"' not in metrics
+
+
 @pytest.mark.timeout(60)
 async def test_sample_rate_mirrors_a_quarter(
     serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession

@@ -184,6 +184,31 @@ def test_late_results_do_not_decide_while_open() -> None:
     assert state(breaker) is BreakerState.CLOSED
 
 
+def test_late_results_do_not_count_once_closed_again() -> None:
+    """With a pause shorter than the candidate's timeout, answers of requests admitted before
+    the breaker opened may come after it closed: they must not count toward opening it."""
+    breaker, clock, _ = make_breaker(failures=3, pause=1)
+    admitted = breaker.generation
+    early = [breaker.allow() for _ in range(5)]
+    for admission in early[:3]:
+        assert admission is not None
+        breaker.record(admission, ok=False, generation=admitted)
+    assert state(breaker) is BreakerState.OPEN
+    clock.advance(1)
+    probe = breaker.allow()
+    assert probe is Admission.PROBE
+    breaker.record(probe, ok=True, generation=breaker.generation)
+    assert state(breaker) is BreakerState.CLOSED
+    for admission in early[3:]:  # the two old ones answer late, failed
+        assert admission is not None
+        breaker.record(admission, ok=False, generation=admitted)
+    now = breaker.generation
+    assert breaker.allow() is Admission.NORMAL
+    breaker.record(Admission.NORMAL, ok=False, generation=now)
+    assert state(breaker) is BreakerState.CLOSED  # one failure of three, not three
+    assert breaker.consecutive == 1
+
+
 def test_a_probe_that_never_reached_the_candidate_passes_its_turn() -> None:
     breaker, clock, _ = make_breaker(failures=1, pause=5)
     fail(breaker, 1)
