@@ -96,6 +96,8 @@ class ExactHeadResponse(PassthroughResponse):
 
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a client that went away before its answer; counted, never sent."""
 
 
 class ClientBodyFailed(Exception):
@@ -317,9 +319,14 @@ class PrimaryPath:
             )
         except Exception as error:
             if body_failed:
+                failure = body_failed[0]
                 if ticket is not None:
-                    ticket.abandon(SkipReason.CLIENT_ABORTED)
-                return self._client_body_failed(body_failed[0], request, request_id)
+                    gone = failure.status == CLIENT_CLOSED_REQUEST
+                    # A body that stalled, broke or grew too large is no abort: it is incomplete.
+                    ticket.abandon(
+                        SkipReason.CLIENT_ABORTED if gone else SkipReason.REQUEST_INCOMPLETE
+                    )
+                return self._client_body_failed(failure, request, request_id)
             if ticket is not None:
                 ticket.abandon(SkipReason.PRIMARY_FAILED)
             return self._primary_failed(error, request, request_id)
@@ -379,7 +386,7 @@ class PrimaryPath:
                     problem = ClientBodyFailed(400, "bad_request", "the request body is malformed")
                 except ConnectionError:
                     problem = ClientBodyFailed(
-                        499, "client_aborted", "the client closed the connection"
+                        CLIENT_CLOSED_REQUEST, "client_aborted", "the client closed the connection"
                     )
                 else:
                     received += len(chunk)

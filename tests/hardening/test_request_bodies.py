@@ -149,7 +149,9 @@ async def test_a_stalled_body_is_cut_off_after_the_idle_timeout(
 
     primary = await serve(reads, read_body=False)
     candidate = await serve(ok)
-    proxy = await make_proxy(primary.url, candidate.url, limits={"idle_timeout": 0.5})
+    proxy = await make_proxy(
+        primary.url, candidate.url, limits={"idle_timeout": 0.5}, mirror={"methods": ["POST"]}
+    )
     reader, writer = await asyncio.open_connection(*host_port(proxy.url))
     writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10)
     await writer.drain()
@@ -161,4 +163,7 @@ async def test_a_stalled_body_is_cut_off_after_the_idle_timeout(
     assert whole_bodies == [0]  # the GET's; the POST's body never arrived whole
     metrics = proxy.proxy.metrics.render().decode()
     assert "shadowproxy_primary_errors_total{" not in metrics
+    # The client is still there: its mirror is skipped as incomplete, not as aborted.
+    assert 'shadowproxy_mirror_skipped_total{reason="request_incomplete"} 1.0' in metrics
+    assert 'reason="client_aborted"' not in metrics
     assert_no_traceback(caplog)
