@@ -56,8 +56,11 @@ def list_value(headers: Headers, lowered: str) -> str | None:
     """A list-based header's lines joined into one value, as RFC 9110 (5.3) allows:
     ``Content-Encoding: gzip`` then ``Content-Encoding: br`` means ``gzip, br``."""
     size = len(lowered)
-    values = [v for n, v in headers if len(n) == size and n.lower() == lowered]
-    return ", ".join(values) if values else None
+    found: str | None = None
+    for name, value in headers:
+        if len(name) == size and name.lower() == lowered:
+            found = value if found is None else f"{found}, {value}"
+    return found
 
 
 def _normal(name: str, value: str) -> str:
