@@ -139,6 +139,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_USAGE
     config, _ = loaded
+    for warning in config.warnings():
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"{path}: ok (digest {config.digest()})")
     return EXIT_OK
 

@@ -96,7 +96,8 @@ pools, the capture file and the watcher are set up once, at start."""
 
 def without_credentials(url: str) -> str:
     """``url`` with its user information replaced, for logs and the admin listener."""
-    return re.sub(r"//[^/@]*@", "//[redacted]@", url, count=1)
+    # Up to the last "@" before the path: a password may hold a raw "@" of its own.
+    return re.sub(r"//[^/]*@", "//[redacted]@", url, count=1)
 
 
 class ConfigError(Exception):
@@ -429,18 +430,21 @@ class DiffRules(Model):
     null_equals_missing: bool | None = None
 
 
-def _no_literal_ids(match: str) -> str:
+def _literal_id_warning(key: str, match: str) -> str | None:
+    """Why ``match`` cannot apply to comparisons, which see endpoints with ids folded; a
+    warning, not an error: which segments look like ids is a heuristic, never a reason to
+    refuse a config."""
     ids = EndpointPattern.parse(match).literal_ids()
-    if ids:
-        raise ValueError(
-            f'"{ids[0]}" is an id, and comparisons see endpoints with their ids folded: write '
-            f"{{id}} in its place (GET /users/{{id}}) to match them"
-        )
-    return match
+    if not ids:
+        return None
+    return (
+        f'{key}: "{ids[0]}" looks like an id, and comparisons see endpoints with ids folded '
+        f"(GET /users/{{id}}): this match may never apply"
+    )
 
 
 class EndpointDiffRules(DiffRules):
-    match: Annotated[EndpointMatch, AfterValidator(_no_literal_ids)]
+    match: EndpointMatch
     """An endpoint template (``GET /users/{id}``, method optional) or a glob (``/api/*``),
     matched against endpoints, whose ids are folded."""
 
@@ -616,12 +620,6 @@ class MirrorRule(Model):
                 "cannot be combined with when: comparison rules apply per endpoint; put them "
                 "in a rule without when, or in diff.endpoints"
             )
-        match = info.data.get("match")
-        if value is not None and match is not None:
-            try:
-                _no_literal_ids(match)
-            except ValueError as error:
-                raise ValueError(f"applies to the rule's match, where {error}") from None
         return value
 
 
@@ -804,6 +802,19 @@ class Config(Model):
         kept: dict[str, Any] = {key: getattr(self, key) for key in RESTART_ONLY_KEYS}
         kept["log"] = new.log.model_copy(update={"path": self.log.path})
         return new.model_copy(update=kept)
+
+    def warnings(self) -> list[str]:
+        """What is valid but probably not meant; said at start, on reload and by check-config."""
+        found = [
+            _literal_id_warning(f"diff.endpoints[{i}].match", entry.match)
+            for i, entry in enumerate(self.diff.endpoints)
+        ]
+        found += [
+            _literal_id_warning(f"mirror.rules[{i}].match (it sets diff)", rule.match)
+            for i, rule in enumerate(self.mirror.rules)
+            if rule.diff is not None
+        ]
+        return [warning for warning in found if warning is not None]
 
     def unreadable_files(self) -> list[str]:
         """``key: path: why`` for each certificate, key or CA file set that cannot be read;

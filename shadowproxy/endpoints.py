@@ -19,18 +19,24 @@ ID_PLACEHOLDER = "{id}"
 _ID_FORMS = tuple(
     re.compile(form)
     for form in (
-        r"-?\d+(?:\.\d+)?",  # numbers, decimals
+        r"-?\d+",  # numbers
         r"[0-9a-fA-F]{8}(?:-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}",  # UUIDs
         r"[0-9a-fA-F]{16,}",  # long hex
         r"(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{7,}",  # short hashes: a3f9c21
         r"\d{4}-\d\d-\d\d(?:T[\d:.]+(?:Z|[+-][\d:]+)?)?",  # dates and times
-        r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",  # JWTs
+        r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",  # JWTs: a JSON header, base64url
         r"[^@\s]+@[^@\s]+\.[^@\s]+",  # e-mail addresses
-        # Opaque tokens: long, with both digits and letters (base64 ids, ULIDs, hashes).
-        r"(?=[A-Za-z0-9_+-]*\d)(?=[A-Za-z0-9_+-]*[A-Za-z])[A-Za-z0-9_+-]{16,}={0,2}",
+        # Opaque tokens: long, with both digits and letters (base64 ids, ULIDs, hashes). Words
+        # joined by hyphens (password-reset-v2) are names, not tokens.
+        r"(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])(?![a-z0-9]+(?:-[a-z0-9]+)+$)"
+        r"[A-Za-z0-9_-]{20,}={0,2}",
     )
 )
 _UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|3\d|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 16))
 
 
 def is_id(segment: str) -> bool:
@@ -43,7 +49,7 @@ def normal_path(bare: str) -> str:
     characters decoded and dot segments removed (RFC 3986, 6.2.2), repeated slashes merged."""
     if "%" not in bare and "//" not in bare and "/." not in bare:
         return bare
-    path = _UNRESERVED_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), bare)
+    path = _UNRESERVED_ESCAPE.sub(_unescaped, bare)
     kept: list[str] = []
     segments = path.split("/")[1:] if path.startswith("/") else path.split("/")
     for index, segment in enumerate(segments):
@@ -93,7 +99,8 @@ class EndpointPattern:
             method_part, path = text.split(None, 1)
             names = {m.strip().upper() for m in method_part.split(",") if m.strip()}
             methods = None if names in ({"*"}, {"ANY"}) else frozenset(names)
-        path = path.strip()
+        # Written as requests are matched: /%7Euser is /~user (see normal_path).
+        path = _UNRESERVED_ESCAPE.sub(_unescaped, path.strip())
         if not path.startswith("/"):
             raise ValueError(f'endpoint pattern "{text}": the path must start with "/"')
         return cls(source=text, methods=methods, regex=re.compile(_path_regex(path)))

@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -237,6 +238,8 @@ class Proxy:
             config_digest=self.config.digest(),
             pid=os.getpid(),
         )
+        if self.worker is None:  # with workers, the supervisor reads the file and says it
+            warn_about(self.config, self.log)
 
     async def _cleanup_runners(self) -> None:
         for runner in reversed(self._runners):
@@ -377,6 +380,7 @@ class Proxy:
             return True
         if self.worker is None:
             self.metrics.reloads.labels("ok").inc()
+            warn_about(running, self.log)
         self.writer.event(
             "config_reloaded", digest=digest, path=str(self.config_path), worker=self.worker
         )
@@ -403,6 +407,12 @@ class Proxy:
             await self.capture.close()
         await self.writer.close()  # first: its last batch may still be lost
         self.log.info("stopped", mirrors_cancelled=cancelled, log_records_lost=self.writer.lost)
+
+
+def warn_about(config: Config, log: Any) -> None:
+    """The config's warnings (valid, but probably not meant) in the operational log."""
+    for warning in config.warnings():
+        log.warning("config_warning", warning=warning)
 
 
 async def serve(

@@ -35,7 +35,7 @@ from shadowproxy.metrics import SupervisorMetrics, forget_process, render_all_wo
 from shadowproxy.record import OUTPUT_DRAIN_TIMEOUT
 from shadowproxy.relay import LineRelay
 from shadowproxy.report.live import LiveView
-from shadowproxy.server import address_text, bind, listener_tls_context
+from shadowproxy.server import address_text, bind, listener_tls_context, warn_about
 from shadowproxy.watch import FileWatcher
 
 WORKER_START_TIMEOUT = 30.0
@@ -224,6 +224,7 @@ class Supervisor:
             config_digest=self.config.digest(),
             pid=os.getpid(),
         )
+        warn_about(self.config, self.log)
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -304,6 +305,7 @@ class Supervisor:
                 transport.write(channel.frame(text))
         self._metrics.reloads.labels("ok").inc()
         self.log.info("config_reloaded", digest=new.digest(), workers=self.count)
+        warn_about(new, self.log)
         return True
 
     def _open_channel(self, index: int, transport: asyncio.WriteTransport) -> None:

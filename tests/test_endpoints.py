@@ -23,7 +23,9 @@ from shadowproxy.endpoints import EndpointPattern, endpoint_of, fold_path, norma
         ("/commits/a3f9c21", "/commits/{id}"),
         ("/users/ada@example.com", "/users/{id}"),
         ("/reports/2024-01-31", "/reports/{id}"),
-        ("/prices/3.14", "/prices/{id}"),
+        ("/api/1.0/users", "/api/1.0/users"),  # a version, not an id
+        ("/auth/password-reset-v2", "/auth/password-reset-v2"),
+        ("/static/swagger-ui.standalone-preset.js", "/static/swagger-ui.standalone-preset.js"),
         ("/k/aGVsbG8gd29ybGQxMjM0NQ==", "/k/{id}"),
         ("/beef/deadbeef", "/beef/deadbeef"),
         ("//users/./42/", "/users/{id}/"),
@@ -85,6 +87,11 @@ def test_patterns_match_every_spelling_of_a_path() -> None:
     pattern = EndpointPattern.parse("GET /admin/**")
     for path in ("/admin/x", "/%61dmin/x", "//admin/x", "/./admin/x", "/x/../admin/y"):
         assert pattern.matches("GET", path)
+
+
+def test_patterns_are_read_as_paths_are() -> None:
+    assert EndpointPattern.parse("/%7Euser/**").matches("GET", "/%7Euser/x")
+    assert EndpointPattern.parse("/%7Euser/**").matches("GET", "/~user/x")
 
 
 def test_literal_ids_in_a_pattern() -> None:
