@@ -1,6 +1,7 @@
 """Following the discrepancy log as it grows, for the supervisor's live report.
 
 Worker processes append to one file; the supervisor reads what they add, whole lines only.
+Only a regular file is followed: a log on a pipe or FIFO belongs to whoever reads it.
 Rotation replaces the file while workers may still write to the old one (logrotate renames
 first and signals afterwards), so a replaced file stays open and is read until it has been
 quiet for ``RETIRE_AFTER`` seconds. A file truncated in place (copytruncate) is read again
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +64,13 @@ class _Followed:
         return lines
 
 
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class LogFollower:
     def __init__(self, path: Path, on_record: Callable[[dict[str, Any]], None]) -> None:
         self._path = path
@@ -76,6 +85,8 @@ class LogFollower:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def _open(self, *, at_end: bool) -> _Followed | None:
+        if not _regular(self._path):
+            return None  # a pipe or FIFO (the log shipper's): opening it could block or steal
         try:
             file = open(self._path, "rb", buffering=0)  # noqa: SIM115 - kept open across polls
         except OSError:
@@ -98,8 +109,10 @@ class LogFollower:
                 old.file.close()
                 self._retired.remove(old)
         try:
-            st = os.stat(self._path)
+            st: os.stat_result | None = os.stat(self._path)
         except OSError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
             st = None
         current = self._current
         if st is not None and (current is None or st.st_ino != current.inode):

@@ -95,3 +95,13 @@ def test_a_file_that_does_not_exist_yet_is_read_once_created(tmp_path: Path) -> 
     assert seen.numbers == [0, 1]
     os.remove(log)
     assert follower.poll() == 0
+
+
+def test_a_fifo_is_not_followed(tmp_path: Path) -> None:
+    """Opening a FIFO without a writer would block the supervisor; with one, steal its lines."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    follower, seen = started(fifo)
+    assert follower._current is None
+    assert follower.poll() == 0
+    assert seen.numbers == []
