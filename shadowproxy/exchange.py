@@ -60,6 +60,9 @@ class Response:
     body is not read past the cap: its Content-Length stands for its size."""
     latency_ms: float
     truncated: bool = False
+    size_known: bool = True
+    """False when the body was not read to its end and declared no length: ``size`` is then
+    only what was read, a lower bound."""
 
     def header(self, name: str) -> str | None:
         return first_header(self.headers, name)

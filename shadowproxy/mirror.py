@@ -459,9 +459,10 @@ class MirrorDispatcher:
         if isinstance(other, Failure):
             return primary, other
         if other.size > self._capture_bytes and not primary.truncated:
+            more = "" if other.size_known else "more than "
             return primary, Failure(
                 kind=FailureKind.TOO_LARGE,
-                detail=f"body of {other.size} bytes exceeds diff.max_body_bytes",
+                detail=f"body of {more}{other.size} bytes exceeds diff.max_body_bytes",
                 latency_ms=other.latency_ms,
             )
         if (primary.truncated or other.truncated) and is_streaming(primary.header("Content-Type")):

@@ -25,7 +25,6 @@ from shadowproxy.pool import (
     InvalidResponse,
     Pool,
     Timing,
-    UpstreamError,
     UpstreamResponse,
 )
 
@@ -158,14 +157,8 @@ def is_streaming(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() in STREAMING_TYPES
 
 
-class BodyTooLarge(UpstreamError):
-    """A mirrored answer's body of unknown length ran past the comparison cap: not read on."""
-
-
 def classify(error: BaseException) -> FailureKind:
     """Name a failure the way the log and the metrics do."""
-    if isinstance(error, BodyTooLarge):
-        return FailureKind.TOO_LARGE
     if isinstance(error, TimeoutError):
         return FailureKind.TIMEOUT
     if isinstance(error, ConnectFailed | aiohttp.ClientConnectorError | ConnectionRefusedError):
@@ -211,9 +204,9 @@ async def fetch(
             body_read = response.body_nowait()
             size = len(body_read)
             kept = body_read[:capture_bytes] if size > capture_bytes else body_read
-            cut = False
+            cut, size_known = False, True
         else:
-            kept, size, cut = await _read_body(response, capture_bytes)
+            kept, size, cut, size_known = await _read_body(response, capture_bytes)
     except Exception as error:
         return _failure(error, started)
     finally:
@@ -225,16 +218,20 @@ async def fetch(
         size=size,
         latency_ms=(time.perf_counter() - started) * 1000,
         truncated=cut or size > len(kept),
+        size_known=size_known,
     )
 
 
-async def _read_body(response: UpstreamResponse, capture_bytes: int) -> tuple[bytes, int, bool]:
+async def _read_body(
+    response: UpstreamResponse, capture_bytes: int
+) -> tuple[bytes, int, bool, bool]:
     """The body kept up to ``capture_bytes``, its whole size, and whether it was cut.
 
     Nothing is read past ``capture_bytes``: such a body cannot be compared whole, and reading
     it to its end let a candidate that floods its answer take the proxy's CPU. A stream is cut
     there; a body with a Content-Length is cut with that as its size (so it still compares by
-    size and prefix with a primary's as large); any other raises `BodyTooLarge`.
+    size and prefix with a primary's as large); any other is cut with its size unknown, and
+    compares by prefix only. The last item says whether the size is known.
     """
     copy = BoundedCopy(capture_bytes)
     if is_streaming(response.header("Content-Type")):
@@ -244,20 +241,18 @@ async def _read_body(response: UpstreamResponse, capture_bytes: int) -> tuple[by
             while chunk := await response.read_chunk():
                 copy.add(chunk)
                 if copy.kept >= capture_bytes:
-                    return copy.body(), copy.size, True
+                    return copy.body(), copy.size, True, True
         except TimeoutError:
-            return copy.body(), copy.size, True
-        return copy.body(), copy.size, False
+            return copy.body(), copy.size, True, True
+        return copy.body(), copy.size, False, True
     while chunk := await response.read_chunk():
         copy.add(chunk)
         if copy.size > capture_bytes:
             declared = response.header("Content-Length")
             if declared is None:
-                raise BodyTooLarge(
-                    f"body of more than {capture_bytes} bytes exceeds diff.max_body_bytes"
-                )
-            return copy.body(), int(declared), True
-    return copy.body(), copy.size, False
+                return copy.body(), copy.size, True, False
+            return copy.body(), int(declared), True, True
+    return copy.body(), copy.size, False, True
 
 
 def _failure(error: BaseException, started: float) -> Failure:

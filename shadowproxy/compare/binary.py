@@ -18,15 +18,20 @@ def compare_binary(primary: bytes, candidate: bytes, out: Collector) -> None:
 
 
 def compare_truncated(
-    primary: bytes, primary_size: int, candidate: bytes, candidate_size: int, out: Collector
+    primary: bytes,
+    primary_size: int | None,
+    candidate: bytes,
+    candidate_size: int | None,
+    out: Collector,
 ) -> None:
     """Only a prefix of at least one body was captured: compare what can be known.
 
-    Different sizes are a difference. Equal sizes with equal captured prefixes are not
+    Different sizes are a difference (a size is None when the body was cut before its end
+    and declared no length). Equal or unknown sizes with equal captured prefixes are not
     reported as a difference, but the note says the rest was not seen.
     """
     out.note("body_truncated")
-    if primary_size != candidate_size:
+    if primary_size is not None and candidate_size is not None and primary_size != candidate_size:
         out.add(Where.BODY, "", Kind.CHANGED, {"bytes": primary_size}, {"bytes": candidate_size})
         return
     seen = min(len(primary), len(candidate))

@@ -104,7 +104,13 @@ def compare_bodies(
     """Add body differences to ``out``; returns how the bodies were compared, and the text
     excerpt if there is one. ``parsed``: both decoded bodies as JSON, when already parsed."""
     if primary.truncated or candidate.truncated:
-        compare_truncated(primary.body, primary.size, candidate.body, candidate.size, out)
+        compare_truncated(
+            primary.body,
+            primary.size if primary.size_known else None,
+            candidate.body,
+            candidate.size if candidate.size_known else None,
+            out,
+        )
         return BodyKind.BINARY, None
     body_p = decoded_body(primary, "primary", rules, out)
     body_c = decoded_body(candidate, "candidate", rules, out)

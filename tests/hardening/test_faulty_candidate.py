@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from shadowproxy.exchange import Failure, FailureKind
@@ -183,6 +184,39 @@ async def test_bodies_past_the_cap_with_a_length_still_compare_by_size(
     assert record["outcome"] == "match"
     assert record["candidate"]["bytes"] == len(body)
     assert "body_truncated" in record["notes"]
+
+
+def chunked_handler(body: bytes) -> Any:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), 65536):
+            await response.write(body[start : start + 65536])
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+async def test_bodies_past_the_cap_without_a_length_compare_by_prefix(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """A chunked body is read only up to the cap, so its size stays unknown: against a primary
+    as large, the prefixes are compared, and no error is made of it."""
+    body = b"[" + b"1," * MIB + b"1]"
+    primary = await serve(chunked_handler(body))
+    candidate = await serve(chunked_handler(body))
+    other = await serve(chunked_handler(body.replace(b"1,", b"2,", 1)))
+    proxy = await make_proxy(primary.url, candidate.url, diff={"max_body_bytes": 64 * 1024})
+    assert await one(client, proxy.url + "/big") == (200, body)
+    [record] = await proxy.records()
+    assert record["outcome"] == "match"
+    assert "body_truncated" in record["notes"]
+    differing = await make_proxy(primary.url, other.url, diff={"max_body_bytes": 64 * 1024})
+    assert await one(client, differing.url + "/big") == (200, body)
+    [record] = await differing.records()
+    assert record["outcome"] == "mismatch"
 
 
 def test_a_body_too_large_to_compare_does_not_open_the_breaker() -> None:
