@@ -111,10 +111,15 @@ _AUTHORITY_SAFE = "-._~!$&'()*+,;=:[]"
 percent-encoded, so a malformed Host cannot end the authority early or add a path."""
 
 
+ASTERISK = "*"
+"""The asterisk-form target of ``OPTIONS *`` (RFC 9112, 3.2.4)."""
+
+
 def _url(scheme: str, host: str, target: str) -> str:
     """The entry's ``url``: a Host that does not belong in an authority cannot change where the
     path starts, nor what it is."""
-    return f"{scheme}://{quote(host, safe=_AUTHORITY_SAFE)}{target}"
+    authority = f"{scheme}://{quote(host, safe=_AUTHORITY_SAFE)}"
+    return f"{authority}/" if target == ASTERISK else f"{authority}{target}"
 
 
 def _har_value(name: str, value: str, query: QueryRedactor | None) -> str:
@@ -304,8 +309,8 @@ def build_entry(
         "headersSize": -1,
         "bodySize": c.request_size,
     }
-    if raw_path.startswith("/"):  # origin-form; replay sends no other
-        request["_target"] = raw_path
+    if raw_path.startswith("/") or (raw_path == ASTERISK and c.method == "OPTIONS"):
+        request["_target"] = raw_path  # origin-form, or OPTIONS *; replay sends no other
     if c.request_size or c.request_body:
         request["postData"] = _post_data(c, redactor)
     response = {
@@ -431,8 +436,10 @@ def _target_of(request: dict[str, Any], url: str) -> str:
     target = request.get("_target")
     if target is None:
         return _path_of(url)
+    if target == ASTERISK and request.get("method") == "OPTIONS":
+        return ASTERISK
     if not isinstance(target, str) or not target.startswith("/"):
-        raise InvalidEntry("request._target: must be a path starting with /")
+        raise InvalidEntry("request._target: must be a path starting with / (or * for OPTIONS)")
     return target
 
 

@@ -18,6 +18,7 @@ import pytest
 from shadowproxy.har import (
     Captured,
     CaptureInputError,
+    InvalidEntry,
     ReadCounts,
     build_entry,
     count_entries,
@@ -634,3 +635,17 @@ def test_a_url_keeps_its_path_as_written() -> None:
     assert path("https://h.test?x=1") == "/?x=1"
     assert path("https://h.test") == "/"
     assert path("https://h.test:8443/a%2Fb?q=1#top") == "/a%2Fb?q=1"
+
+
+def test_options_asterisk_is_captured_and_replayed_as_such() -> None:
+    entry = build_entry(
+        captured(method="OPTIONS", raw_path="*", request_headers=(("Host", "svc.example"),)),
+        Redactor([]),
+        1 << 20,
+    )
+    assert entry["request"]["url"] == "http://svc.example/"
+    assert entry["request"]["_target"] == "*"
+    assert parse_entry(entry).path == "*"
+    entry["request"]["method"] = "GET"  # only OPTIONS has an asterisk target
+    with pytest.raises(InvalidEntry, match=r"request\._target"):
+        parse_entry(entry)
