@@ -9,14 +9,17 @@ A place is proposed when all of these hold, for an endpoint with at least ``min_
 compared exchanges (outcome match or mismatch; candidate errors have no differences):
 
 1. it differed in at least ``min_share`` of them (array indices generalised to ``*``);
-2. at least ``min_share`` of its differences are changed values of the same JSON type (not
-   members added, removed or changing type: those are structural, hence real);
-3. its values look generated: at least ``min_share`` of the differences have the same shape on
-   both sides (UUID, ISO 8601 or HTTP timestamp, epoch number, long hex, ULID, W3C
-   traceparent; a timestamp's format counts, so a changed date format is no match), or its
-   values are strings and at least ``min_distinct`` of the sampled primary values are
-   distinct;
-4. repeated identical requests (the same method and path with query) do not show a stable
+2. every one of its differences is a changed value of the same JSON type: a member added,
+   removed or changing type even once is structural, hence real;
+3. no difference changed the value's shape (UUID, ISO 8601 or HTTP timestamp, epoch number,
+   long hex, ULID, W3C traceparent; a timestamp's format counts): a changed format, even once,
+   is real;
+4. its values look generated: at least ``min_share`` of the differences have the same shape on
+   both sides, or its values are strings and at least ``min_distinct`` of the sampled primary
+   values are distinct;
+5. the candidate's values vary too (at least half as much as the primary's, sampled alike): a
+   candidate answering one constant where the primary generates values is broken;
+6. repeated identical requests (the same method and path with query) do not show a stable
    primary value: a value that is the same each time the same request is made is data, and
    the candidate changing it is a regression.
 
@@ -137,11 +140,16 @@ class PlaceEvidence:
     as_noise: int = 0
     """Occurrences the proxy already logged as noise (with a secondary)."""
     same_type_changes: int = 0
+    structural: int = 0
+    """Members added or removed, or values changing type: never noise."""
+    format_changes: int = 0
+    """Values whose shape changed (a date format): never noise."""
     same_shape: int = 0
     plain_strings: int = 0
     """Changed strings with no known shape on either side (a changed format has one)."""
     shapes: dict[str, int] = field(default_factory=dict)
     distinct: set[Any] = field(default_factory=set)
+    distinct_candidate: set[Any] = field(default_factory=set)
     sampled: int = 0
     requests: dict[tuple[str, str], Any] = field(default_factory=dict)
     repeats: int = 0
@@ -150,9 +158,8 @@ class PlaceEvidence:
 
     def add(self, request: str, raw_path: str, kind: Any, primary: Any, candidate: Any) -> None:
         self.occurrences += 1
-        if self.example is None:
-            self.example = (primary, candidate)
         if kind != "changed" or primary is None or type(primary) is not type(candidate):
+            self.structural += 1
             return
         self.same_type_changes += 1
         signature = shape(primary)
@@ -160,12 +167,19 @@ class PlaceEvidence:
         if signature is not None and signature == other:
             self.same_shape += 1
             self.shapes[signature] = self.shapes.get(signature, 0) + 1
-        elif type(primary) is str and signature is None and other is None:
-            self.plain_strings += 1
+        elif signature is None and other is None:
+            if type(primary) is str:
+                self.plain_strings += 1
+        else:
+            self.format_changes += 1
+            return
+        if self.example is None:  # only a difference that could be noise stands for it
+            self.example = (primary, candidate)
         key = _value_key(primary)
         if self.sampled < VALUE_SAMPLE:
             self.sampled += 1
             self.distinct.add(key)
+            self.distinct_candidate.add(_value_key(candidate))
         if request:
             seen = (request, raw_path)
             if seen in self.requests:
@@ -178,6 +192,13 @@ class PlaceEvidence:
     @property
     def distinct_share(self) -> float:
         return len(self.distinct) / self.sampled if self.sampled else 0.0
+
+    @property
+    def candidate_varies(self) -> bool:
+        """The candidate's values vary at least half as much as the primary's."""
+        return len(self.distinct_candidate) > 1 and 2 * len(self.distinct_candidate) >= len(
+            self.distinct
+        )
 
     @property
     def main_shape(self) -> str | None:
@@ -283,6 +304,8 @@ class Collector:
             stats = self.endpoints[endpoint]
             if stats.compared < thresholds.min_samples:
                 continue
+            if not endpoint.partition(" ")[2].startswith("/"):
+                continue  # OPTIONS *: no rule can name it
             places = sorted(stats.places.values(), key=lambda p: (-p.exchanges, p.where, p.path))
             for place in places:
                 reason = _judge(place, stats.compared, thresholds)
@@ -295,6 +318,8 @@ def _judge(place: PlaceEvidence, compared: int, thresholds: Thresholds) -> str |
     """Why the place looks like noise, or None when it does not."""
     share = thresholds.min_share
     if place.exchanges < share * compared or not place.occurrences:
+        return None
+    if place.structural or place.format_changes or not place.candidate_varies:
         return None
     if place.same_type_changes < share * place.occurrences:
         return None

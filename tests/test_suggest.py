@@ -220,6 +220,63 @@ def test_real_regressions_that_differ_everywhere_are_not_proposed() -> None:
     assert parsed(text) is None, text
 
 
+def ids_log(
+    candidate_value: Any, *, every: int = 0, odd: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """200 exchanges differing at /token (a UUID each side); every ``every``-th exchange
+    differs there as ``odd`` says instead."""
+    rng = random.Random(9)
+    records = []
+    for i in range(200):
+        primary = str(uuid.UUID(int=rng.getrandbits(128)))
+        diff = difference("/token", primary, candidate_value(rng))
+        if every and i % every == 0 and odd is not None:
+            diff = difference("/token", primary, odd.get("candidate"), kind=odd["kind"])
+        records.append(
+            exchange_record(
+                endpoint=USERS, outcome="mismatch", path=f"/users/{i}", differences=[diff]
+            )
+        )
+    return records
+
+
+def random_uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128)))
+
+
+def test_generated_values_are_proposed() -> None:
+    assert parsed(suggest(ids_log(random_uuid))) == [{"match": USERS, "ignore": ["/token"]}]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"kind": "removed", "candidate": None},  # dropped now and then: a regression
+        {"kind": "type", "candidate": 7},
+        {"kind": "changed", "candidate": "2026-11-27T19:00:00Z"},  # a changed format
+    ],
+)
+def test_a_place_that_is_ever_structural_or_changes_format_is_never_proposed(
+    odd: dict[str, Any],
+) -> None:
+    """One exchange in ten is well below min_share, and still enough: it is real."""
+    assert parsed(suggest(ids_log(random_uuid, every=10, odd=odd))) is None
+
+
+def test_a_candidate_answering_a_constant_is_not_noise() -> None:
+    """The primary generates a UUID per request; the candidate always says the same one."""
+    constant = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert parsed(suggest(ids_log(lambda _: constant))) is None
+
+
+def test_an_endpoint_no_rule_can_name_is_not_proposed() -> None:
+    records = [
+        {**record, "endpoint": "OPTIONS *", "method": "OPTIONS", "path": "*"}
+        for record in ids_log(random_uuid)
+    ]
+    assert parsed(suggest(records)) is None
+
+
 def test_distinct_strings_without_a_known_shape_are_proposed() -> None:
     rng = random.Random(7)
     records = [
