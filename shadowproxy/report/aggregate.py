@@ -363,13 +363,15 @@ class Aggregator:
         if self.last_ts is None or epoch > self.last_ts:
             self.last_ts = epoch
 
+        if type(p_status) is int and type(c_status) is int:
+            # Latencies of exchanges both sides answered, and only those: failures are judged
+            # by the error rate, and a ratio over unlike sets would flatter a candidate that
+            # fails on the slowest requests (the primary's slowest would be in, its not).
+            stats.primary.add(p_latency)
+            stats.candidate.add(c_latency)
         if type(p_status) is not int:
             p_status = _status_of(primary)
-        else:
-            stats.primary.add(p_latency)
-        if type(c_status) is int:
-            stats.candidate.add(c_latency)
-        else:
+        if type(c_status) is not int:
             c_status = _status_of(candidate)
         stats.add_status_pair((p_status, c_status))
 

@@ -81,9 +81,10 @@ def test_counts_rates_paths_and_status_pairs() -> None:
     }
     assert stats.paths.paths[("header", "content-type")].exchanges == 1
     assert stats.paths.paths[("status", "")].exchanges == 1
-    # The failed candidate's 5 s is not a latency: failures are judged by the error rate.
+    # The failed candidate's 5 s is not a latency: failures are judged by the error rate. Nor
+    # is the primary's latency of that exchange: both sides are measured over the same set.
     assert stats.candidate.count == 9
-    assert stats.primary.count == 10
+    assert stats.primary.count == 9
     assert [e["outcome"] for e in stats.examples["mismatch"]] == ["mismatch"] * 3
     assert stats.examples["candidate_error"][0]["candidate"]["error"] == "timeout"
 
@@ -260,3 +261,22 @@ def rounded(value: Any) -> Any:
     if isinstance(value, list):
         return [rounded(item) for item in value]
     return value
+
+
+def test_latencies_compare_the_same_exchanges_on_both_sides() -> None:
+    """A candidate as fast as the primary that fails on the slowest 5% must not look faster:
+    its failures are errors, and the primary's latencies of those exchanges are left out too."""
+    aggregator = Aggregator()
+    for ms in range(1, 101):
+        slow = ms > 95
+        aggregator.add(
+            exchange_record(
+                outcome="candidate_error" if slow else "match",
+                error="timeout" if slow else None,
+                primary_latency_ms=float(ms),
+                candidate_latency_ms=5000.0 if slow else float(ms),
+            )
+        )
+    stats = aggregator.endpoints[ENDPOINT]
+    assert stats.primary.count == stats.candidate.count == 95
+    assert stats.primary.quantile(0.99) == stats.candidate.quantile(0.99)
