@@ -112,11 +112,10 @@ class RuleBook:
         rules = self._by_endpoint.get(endpoint)
         if rules is not None:
             return rules
-        method, _, path = endpoint.partition(" ") if " " in endpoint else ("", "", endpoint)
         selected = tuple(
             index
             for index, pattern in enumerate(self._patterns)
-            if path.startswith("/") and pattern.matches(method, path)
+            if pattern.matches_endpoint(endpoint)
         )
         with self._lock:
             rules = self._by_entries.get(selected)

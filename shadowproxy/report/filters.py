@@ -18,9 +18,8 @@ def endpoint_matches(pattern: str, endpoint: str) -> bool:
     ``*orders*``) or a config-style endpoint pattern (``/api/**``, ``GET,POST /users/{id}``)."""
     if pattern == endpoint or fnmatchcase(endpoint, pattern):
         return True
-    method, _, path = endpoint.partition(" ")
     try:
-        return EndpointPattern.parse(pattern).matches(method, path)
+        return EndpointPattern.parse(pattern).matches_endpoint(endpoint)
     except ValueError:
         return False
 
