@@ -77,27 +77,53 @@ def _rate_style(report: EndpointReport) -> str:
     return "green" if bad == 0 else "yellow" if bad < 0.01 else "red"
 
 
-def endpoints_table(summary: Summary) -> Table:
-    table = Table(title="Endpoints, worst first", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("endpoint", overflow="fold")
-    for name in ("compared", "match rate", "mismatches", "cand. errors"):
-        table.add_column(name, justify="right")
-    for name in ("p50 ms prim/cand", "p95 ms prim/cand", "p99 ms prim/cand", "p99 ratio"):
-        table.add_column(name, justify="right")
+COLUMNS = (
+    "compared", "match\nrate", "mis-\nmatches", "cand.\nerrors",
+    "p50 ms\nprim/cand", "p95 ms\nprim/cand", "p99 ms\nprim/cand", "p99\nratio",
+)  # fmt: skip
+NARROWER = ((), (4, 5), (4, 5, 6))
+"""Columns left out, in turn, until the table fits the terminal: p50 and p95 first."""
+
+
+def endpoints_table(summary: Summary, width: int | None = None) -> Table:
+    """The endpoints, one row each; figures are never cut. On a terminal narrower than the
+    table, the endpoint names fold, then p50 and p95 (and then p99 itself) are left out."""
     rows = [*summary.endpoints, summary.overall]
-    for report in rows:
-        latency = report.latency_ms
+    cells = [
+        [
+            f"{report.compared:,}",
+            percent(report.match_rate),
+            f"{report.mismatches:,}",
+            f"{report.candidate_errors:,}",
+            _pair(report.latency_ms.primary, report.latency_ms.candidate, "p50"),
+            _pair(report.latency_ms.primary, report.latency_ms.candidate, "p95"),
+            _pair(report.latency_ms.primary, report.latency_ms.candidate, "p99"),
+            ratio(report.latency_ms.p99_ratio),
+        ]
+        for report in rows
+    ]
+    widest = [
+        max(*(len(row[i]) for row in cells), *(len(line) for line in COLUMNS[i].split("\n")))
+        for i in range(len(COLUMNS))
+    ]
+    for left_out in NARROWER:
+        kept = [i for i in range(len(COLUMNS)) if i not in left_out]
+        # endpoint (at least "overall") and each figure, a space either side of each, an edge
+        needed = len("overall") + 2 + sum(widest[i] + 2 for i in kept) + 2
+        if width is None or needed <= width:
+            break
+    table = Table(title="Endpoints, worst first", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("endpoint", overflow="fold", min_width=len("overall"))
+    for i in kept:
+        table.add_column(COLUMNS[i], justify="right", no_wrap=True, min_width=widest[i])
+    for report, row in zip(rows, cells, strict=True):
+        shown: list[RenderableType] = [
+            Text(row[i], style=_rate_style(report)) if i == 1 else row[i] for i in kept
+        ]
         is_overall = report is summary.overall
         table.add_row(
             Text("overall", style="bold") if is_overall else safe(report.endpoint),
-            f"{report.compared:,}",
-            Text(percent(report.match_rate), style=_rate_style(report)),
-            f"{report.mismatches:,}",
-            f"{report.candidate_errors:,}",
-            _pair(latency.primary, latency.candidate, "p50"),
-            _pair(latency.primary, latency.candidate, "p95"),
-            _pair(latency.primary, latency.candidate, "p99"),
-            ratio(latency.p99_ratio),
+            *shown,
             end_section=report is summary.endpoints[-1] if summary.endpoints else False,
         )
     return table
@@ -180,7 +206,7 @@ def render_terminal(
     if not summary.endpoints:
         console.print("no exchanges to report", style="yellow")
         return
-    console.print(endpoints_table(summary))
+    console.print(endpoints_table(summary, console.width))
     for report in summary.endpoints:
         if report.bad:
             console.print(endpoint_details(report, top_paths))

@@ -8,9 +8,9 @@ from shadowproxy.report.synthetic import difference, exchange_record, generate
 from shadowproxy.report.terminal import percent, render_terminal, safe
 
 
-def rendered(aggregator: Aggregator, **options: int) -> str:
+def rendered(aggregator: Aggregator, width: int = 200, **options: int) -> str:
     out = io.StringIO()
-    console = Console(file=out, width=200, color_system=None)
+    console = Console(file=out, width=width, color_system=None)
     render_terminal(summarise(aggregator, sources=["x.jsonl"]), console, **options)
     return out.getvalue()
 
@@ -68,3 +68,17 @@ def test_a_match_rate_just_below_1_is_not_shown_as_100_percent() -> None:
     text = rendered(aggregator)
     assert "100.000%" not in text
     assert "99.999%" in text
+
+
+def test_figures_are_never_cut_on_a_narrow_terminal() -> None:
+    aggregator = Aggregator()
+    for _ in range(123_456):
+        aggregator.add(exchange_record(endpoint="GET /a/rather/long/endpoint/name/of/a/route"))
+    aggregator.add(exchange_record(endpoint="GET /x", outcome="mismatch"))
+    for width in (80, 100, 120):
+        text = rendered(aggregator, width=width)
+        assert "123,457" in text  # the overall count, whole
+        assert "123,456" in text
+        assert "…" not in text.split("Endpoints, worst first", 1)[1].split("GET /x", 1)[0]
+        assert "p99" in text  # its ratio, at least, is kept
+    assert "p50 ms" in rendered(aggregator, width=130)
