@@ -402,7 +402,8 @@ def _decode_text(holder: dict[str, Any], encoded: bool, where: str) -> bytes:
         raise InvalidEntry(f"{where}.text: must be a string")
     if encoded:
         try:
-            return base64.b64decode(text, validate=True)
+            # Some tools wrap base64 at 76 characters: the line breaks are not data.
+            return base64.b64decode("".join(text.split()), validate=True)
         except ValueError:
             raise InvalidEntry(f"{where}.text: invalid base64") from None
     return text.encode("utf-8", "surrogatepass")
@@ -602,8 +603,13 @@ class CaptureInputError(Exception):
     """A capture that cannot be read; the message names it and is meant for the operator."""
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _first_line(lines: Iterator[tuple[int, bytes]]) -> tuple[int, bytes] | None:
+    """The first line that is not blank, without the byte order mark some tools write."""
     for number, line in lines:
+        line = line.removeprefix(_BOM)
         if line.strip():
             return number, line
     return None

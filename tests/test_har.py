@@ -474,6 +474,25 @@ def test_a_browser_har_document_is_read(tmp_path: Path) -> None:
     assert blocked.response_problem == "no response recorded (status 0)"
 
 
+def test_a_har_document_with_a_byte_order_mark_and_wrapped_base64_is_read(
+    tmp_path: Path,
+) -> None:
+    document = orjson.loads(BROWSER_HAR)
+    content = document["log"]["entries"][0]["response"]["content"]
+    encoded = base64.b64encode(b'{"items":[]}' * 10).decode()
+    content.update(text="\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)))
+    content["encoding"] = "base64"
+    path = tmp_path / "bom.har"
+    path.write_bytes(b"\xef\xbb\xbf" + orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    counts = ReadCounts()
+    items = list(read_entries([str(path)], counts))
+    assert (len(items), counts.corrupt) == (2, 0)
+    assert count_entries([str(path)]) == 2
+    response = parse_entry(items[0].entry).response
+    assert response is not None
+    assert response.body == b'{"items":[]}' * 10
+
+
 def test_a_one_line_har_document_is_a_document(tmp_path: Path) -> None:
     path = tmp_path / "one.har"
     path.write_bytes(orjson.dumps(orjson.loads(BROWSER_HAR)))

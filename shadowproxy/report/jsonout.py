@@ -48,10 +48,10 @@ Path = {"where": "body" | "header" | "status", "path": "/items/*/price",
         "exchanges": n, "occurrences": n, "kinds": {"changed": n, ...},
         "example": {"path": "/items/3/price", "kind": k, "primary": v, "candidate": v}}
 Latency = {"count": n, "mean": ms, "p50": ms, "p95": ms, "p99": ms, "max": ms}
-          # responses only: failed requests are counted in error_rate, not here
+          # exchanges both sides answered: failures are counted in error_rate, not here
 Example = the log record's id, ts, method, path, outcome, primary, candidate, secondary,
           differences, difference_count, body_kind, notes and excerpt; values longer than
-          2000 characters of JSON are replaced by their cut JSON text.
+          1000 characters of JSON are replaced by their cut JSON text.
 ```
 """
 
