@@ -134,16 +134,22 @@ class _Pieces:
 
 def iter_lines(stream: ByteStream) -> Iterator[bytes]:
     """Lines without their newline, read in large chunks (a final line may lack one)."""
-    rest = b""
-    while True:
-        chunk = stream.read(CHUNK_BYTES)
-        if not chunk:
-            break
-        lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+    pending: list[bytes] = []
+    while chunk := stream.read(CHUNK_BYTES):
+        if b"\n" not in chunk:
+            # A line longer than a piece: its parts are joined once, when it ends, not copied
+            # again with every piece (gzip hands over small ones).
+            pending.append(chunk)
+            continue
+        if pending:
+            pending.append(chunk)
+            chunk = b"".join(pending)
+        lines = chunk.split(b"\n")
         rest = lines.pop()
+        pending = [rest] if rest else []
         yield from lines
-    if rest:
-        yield rest
+    if pending:
+        yield b"".join(pending)
 
 
 def feed(

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import orjson
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shadowproxy.report.filters import RecordFilter
 from shadowproxy.report.read import ReportInputError, expand_sources, iter_lines, read_logs
@@ -127,3 +129,23 @@ def test_a_file_named_twice_is_read_once(
         assert expand_sources(["-", str(first)]) == ["-"]
     aggregator = read_logs(names)
     assert {n: s.compared for n, s in aggregator.endpoints.items()} == {"GET /b": 2, "GET /a": 3}
+
+
+class _Pieces:
+    """A stream handing over at most ``size`` bytes per read, as gzip's read1 does."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self._data, self._size, self._at = data, size, 0
+
+    def read(self, _: int = -1) -> bytes:
+        piece = self._data[self._at : self._at + self._size]
+        self._at += len(piece)
+        return piece
+
+
+@given(st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"\n")), st.integers(1, 64))
+def test_lines_come_whole_however_the_stream_is_cut(data: bytes, size: int) -> None:
+    expected = data.split(b"\n")
+    if expected[-1] == b"":
+        expected.pop()
+    assert list(iter_lines(_Pieces(data, size))) == expected
