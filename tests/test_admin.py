@@ -22,8 +22,8 @@ CONFIG_CANDIDATE = {"url": "http://127.0.0.1:2"}
 CONFIG = parse_config({"primary": {"url": "http://127.0.0.1:1"}, "candidate": CONFIG_CANDIDATE})
 
 
-@pytest.fixture
-async def admin_url() -> AsyncIterator[str]:
+async def admin_listener(host: str) -> tuple[web.AppRunner, int]:
+    """The admin app of ``CONFIG`` on ``host`` and a free port."""
     view = LiveView()
     app = build_admin_app(
         config=lambda: CONFIG,
@@ -32,9 +32,13 @@ async def admin_url() -> AsyncIterator[str]:
     )
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, host, 0).start()
+    return runner, runner.addresses[0][1]
+
+
+@pytest.fixture
+async def admin_url() -> AsyncIterator[str]:
+    runner, port = await admin_listener("127.0.0.1")
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
 
@@ -80,17 +84,7 @@ async def test_readiness_probes_a_unix_socket_primary(tmp_path: Any) -> None:
 async def test_healthcheck_command_reaches_the_admin_listener_the_config_names(
     tmp_path: Any, form: str
 ) -> None:
-    view = LiveView()
-    app = build_admin_app(
-        config=lambda: CONFIG,
-        metrics=lambda: b"",
-        report=LiveReport(summary=view.summary, title=view.title),
-    )
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", 0)  # every interface: reached through loopback
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await admin_listener("0.0.0.0")  # every interface: reached by loopback
     admin = f"'0.0.0.0:{port}'" if form == "text" else f"{{host: 0.0.0.0, port: {port}}}"
     config = tmp_path / "config.yaml"
     config.write_text(
