@@ -89,9 +89,6 @@ class EndpointPattern:
     source: str
     methods: frozenset[str] | None
     regex: re.Pattern[str]
-    name_regex: re.Pattern[str]
-    """For endpoint names, whose ids are already folded: ``{name}`` matches ``{id}`` only, so
-    ``GET /users/{id}`` is not ``GET /users/search``."""
 
     @classmethod
     def parse(cls, text: str) -> EndpointPattern:
@@ -106,28 +103,14 @@ class EndpointPattern:
         path = _UNRESERVED_ESCAPE.sub(_unescaped, path.strip())
         if not path.startswith("/"):
             raise ValueError(f'endpoint pattern "{text}": the path must start with "/"')
-        return cls(
-            source=text,
-            methods=methods,
-            regex=re.compile(_path_regex(path)),
-            name_regex=re.compile(_path_regex(path, names=True)),
-        )
+        return cls(source=text, methods=methods, regex=re.compile(_path_regex(path)))
 
     def matches(self, method: str, path: str) -> bool:
-        """Match against a request's path (query ignored); for endpoint names, whose ids are
-        folded, see `matches_endpoint`."""
+        """Match against a raw request path (query ignored) or an endpoint's folded path."""
         if self.methods is not None and method.upper() not in self.methods:
             return False
         bare = normal_path(path.split("?", 1)[0])
         return self.regex.fullmatch(bare) is not None
-
-    def matches_endpoint(self, endpoint: str) -> bool:
-        """Match against an endpoint name (``GET /users/{id}``, as the log and metrics name
-        endpoints); a name without a method matches only a pattern without methods."""
-        method, _, path = endpoint.partition(" ") if " " in endpoint else ("", "", endpoint)
-        if self.methods is not None and method.upper() not in self.methods:
-            return False
-        return path.startswith("/") and self.name_regex.fullmatch(path) is not None
 
     def literal_ids(self) -> list[str]:
         """Segments written literally that endpoints fold to ``{id}``: ``/items/7`` can
@@ -136,17 +119,13 @@ class EndpointPattern:
         return [s for s in path.split("/") if is_id(s)]
 
 
-def _path_regex(path: str, *, names: bool = False) -> str:
-    """``names``: for endpoint names, where a ``{placeholder}`` segment stands for ``{id}``."""
-    placeholder = "/" + re.escape(ID_PLACEHOLDER) if names else "/[^/]+"
+def _path_regex(path: str) -> str:
     parts: list[str] = []
     for segment in path.strip("/").split("/") if path != "/" else []:
         if segment == "**":
             parts.append("(?:/[^/]*)*")
-        elif segment == "*":
+        elif segment == "*" or re.fullmatch(r"\{[^/{}]*\}", segment):
             parts.append("/[^/]+")
-        elif re.fullmatch(r"\{[^/{}]*\}", segment):
-            parts.append(placeholder)
         else:
             pieces = [re.escape(p) for p in re.split(r"\{[^/{}]*\}|\*", segment)]
             parts.append("/" + "[^/]*".join(pieces))

@@ -97,21 +97,3 @@ def test_patterns_are_read_as_paths_are() -> None:
 def test_literal_ids_in_a_pattern() -> None:
     assert EndpointPattern.parse("GET /items/7/parts/{id}").literal_ids() == ["7"]
     assert EndpointPattern.parse("/reports/**").literal_ids() == []
-
-
-@pytest.mark.parametrize(
-    ("pattern", "endpoint", "expected"),
-    [
-        ("GET /users/{id}", "GET /users/{id}", True),
-        ("GET /users/{user_id}", "GET /users/{id}", True),
-        ("GET /users/{id}", "GET /users/search", False),  # another route, not an id
-        ("GET /users/*", "GET /users/search", True),
-        ("/users/**", "POST /users/{id}/orders", True),
-        ("POST /users/{id}", "GET /users/{id}", False),
-        ("/health", "/health", True),  # a name without its method
-        ("GET /health", "/health", False),
-        ("OPTIONS /*", "OPTIONS *", False),
-    ],
-)
-def test_patterns_against_endpoint_names(pattern: str, endpoint: str, expected: bool) -> None:
-    assert EndpointPattern.parse(pattern).matches_endpoint(endpoint) is expected

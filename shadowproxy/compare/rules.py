@@ -112,10 +112,11 @@ class RuleBook:
         rules = self._by_endpoint.get(endpoint)
         if rules is not None:
             return rules
+        method, _, path = endpoint.partition(" ") if " " in endpoint else ("", "", endpoint)
         selected = tuple(
             index
             for index, pattern in enumerate(self._patterns)
-            if pattern.matches_endpoint(endpoint)
+            if path.startswith("/") and pattern.matches(method, path)
         )
         with self._lock:
             rules = self._by_entries.get(selected)

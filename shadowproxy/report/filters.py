@@ -18,8 +18,9 @@ def endpoint_matches(pattern: str, endpoint: str) -> bool:
     ``*orders*``) or a config-style endpoint pattern (``/api/**``, ``GET,POST /users/{id}``)."""
     if pattern == endpoint or fnmatchcase(endpoint, pattern):
         return True
+    method, _, path = endpoint.partition(" ")
     try:
-        return EndpointPattern.parse(pattern).matches_endpoint(endpoint)
+        return EndpointPattern.parse(pattern).matches(method, path)
     except ValueError:
         return False
 

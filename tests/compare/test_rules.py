@@ -63,14 +63,6 @@ def test_later_matching_entry_overrides_earlier_scalar() -> None:
     assert b.for_endpoint("GET /elsewhere").null_equals_missing is True
 
 
-def test_an_id_placeholder_matches_folded_ids_only() -> None:
-    """GET /users/search is a route of its own, not a user: the rules of GET /users/{id}
-    do not apply to it."""
-    rules_of = book(endpoints=[{"match": "GET /users/{id}", "ignore": ["/t"]}]).for_endpoint
-    assert rules_of("GET /users/{id}") is not rules_of("GET /users/search")
-    assert rules_of("GET /users/search") is rules_of("GET /other")
-
-
 def test_method_in_the_match_is_respected() -> None:
     b = book(endpoints=[{"match": "POST /users/{id}", "ignore": ["/x"]}])
     assert b.for_endpoint("POST /users/{id}").paths.rules
