@@ -44,7 +44,7 @@ import yaml
 
 from shadowproxy import argtypes
 from shadowproxy.report.aggregate import EXCHANGE_EVENT, InputCounts, generalise_path
-from shadowproxy.report.filters import RecordFilter
+from shadowproxy.report.filters import RecordFilter, endpoint_matches
 from shadowproxy.report.read import TRUNCATED, ReportInputError, read_into
 from shadowproxy.report.timestamps import parse_when
 
@@ -61,6 +61,8 @@ MAX_PLACES = 200
 VALUE_SAMPLE = 64
 """Primary values kept per place to judge how many are distinct (the first ones seen)."""
 REPEAT_SAMPLE = 32
+MAX_OTHERS_SHOWN = 5
+"""Other logged endpoints a proposed match would cover, named in its comment."""
 """Identical requests remembered per place to see whether a value is stable across them."""
 MIN_REPEATS = 3
 """Repeated requests needed before their stability can veto a proposal."""
@@ -399,6 +401,20 @@ def render(collector: Collector, thresholds: Thresholds, sources: Sequence[str])
     for suggestion in found:
         by_endpoint.setdefault(suggestion.endpoint, []).append(suggestion)
     for endpoint, suggestions in by_endpoint.items():
+        # A {placeholder} matches any one segment: the rule reaches sibling routes too.
+        others = [
+            other
+            for other in sorted(collector.endpoints)
+            if other != endpoint and endpoint_matches(endpoint, other)
+        ]
+        if others:
+            shown = ", ".join(others[:MAX_OTHERS_SHOWN])
+            more = (
+                f" and {len(others) - MAX_OTHERS_SHOWN} more"
+                if len(others) > MAX_OTHERS_SHOWN
+                else ""
+            )
+            out.append(f"# this match also covers {shown}{more}: narrow it if they differ")
         out.append(f"- match: {quote(endpoint)}")
         for where, key in ((BODY, "ignore"), (HEADER, "ignore_headers")):
             chosen = [s for s in suggestions if s.place.where == where]

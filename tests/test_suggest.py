@@ -269,6 +269,16 @@ def test_a_candidate_answering_a_constant_is_not_noise() -> None:
     assert parsed(suggest(ids_log(lambda _: constant))) is None
 
 
+def test_a_match_that_covers_other_logged_endpoints_says_so() -> None:
+    records = [
+        *ids_log(random_uuid),
+        exchange_record(endpoint="GET /users/search", outcome="match", path="/users/search"),
+    ]
+    text = suggest(records)
+    assert "# this match also covers GET /users/search: narrow it if they differ" in text
+    assert parsed(text) == [{"match": USERS, "ignore": ["/token"]}]
+
+
 def test_an_endpoint_no_rule_can_name_is_not_proposed() -> None:
     records = [
         {**record, "endpoint": "OPTIONS *", "method": "OPTIONS", "path": "*"}
