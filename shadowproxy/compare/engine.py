@@ -106,9 +106,9 @@ def compare_bodies(
     if primary.truncated or candidate.truncated:
         compare_truncated(
             primary.body,
-            primary.size if primary.size_known else None,
+            (primary.size, primary.size_known),
             candidate.body,
-            candidate.size if candidate.size_known else None,
+            (candidate.size, candidate.size_known),
             out,
         )
         return BodyKind.BINARY, None

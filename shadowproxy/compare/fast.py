@@ -16,6 +16,7 @@ import enum
 from typing import Any
 
 from shadowproxy.compare import decode, media
+from shadowproxy.compare.binary import sizes_differ
 from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.engine import compare_bodies, compare_head, content_type, result
 from shadowproxy.compare.headers import list_value
@@ -140,7 +141,8 @@ def quick_compare(
     """The comparison if it is cheap to get, else None: then call `engine.compare`."""
     if primary.truncated or candidate.truncated:
         # Only sizes and a prefix memcmp, unless the prefixes differ: hashing them is not cheap.
-        if primary.size == candidate.size and primary.body != candidate.body:
+        sizes = (primary.size, primary.size_known), (candidate.size, candidate.size_known)
+        if not sizes_differ(*sizes) and primary.body != candidate.body:
             return None
         out = Collector(rules.max_differences)
         compare_head(primary, candidate, rules, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import zlib
@@ -11,7 +12,9 @@ import pytest
 import zstandard
 
 from shadowproxy.compare import IDENTICAL, Difference, Kind, Where, compare, matching
+from shadowproxy.compare.binary import sizes_differ
 from shadowproxy.compare.fast import quick_compare
+from shadowproxy.exchange import Response
 
 from .support import paths, response, rules
 
@@ -279,6 +282,50 @@ def test_truncated_same_size_same_prefix_is_not_called_equal() -> None:
     assert result.total == 0
     assert result.notes == ("body_truncated",)
     assert result is not IDENTICAL
+
+
+def unknown_size(body: bytes, read: int) -> Response:
+    """A body cut before its end that declared no length: ``read`` is a lower bound."""
+    return dataclasses.replace(response(body, size=read, truncated=True), size_known=False)
+
+
+@pytest.mark.parametrize(
+    ("primary", "candidate", "differ"),
+    [
+        ((5000, True), (6000, True), True),
+        ((5000, True), (5000, True), False),
+        ((5000, True), (6000, False), True),  # read past the primary's whole size
+        ((5000, True), (4000, False), False),  # may be as large: only the prefix tells
+        ((6000, False), (5000, True), True),  # the candidate is whole and shorter
+        ((6000, False), (9000, False), False),
+    ],
+)
+def test_sizes_differ_only_when_they_provably_do(
+    primary: tuple[int, bool], candidate: tuple[int, bool], differ: bool
+) -> None:
+    assert sizes_differ(primary, candidate) is differ
+
+
+def test_a_body_of_unknown_size_is_not_equal_to_a_shorter_whole_one() -> None:
+    """Replay reads a live primary up to the cap: a candidate answering only its start is a
+    difference, not a match on the prefix."""
+    primary = unknown_size(b"x" * 100, read=200)
+    candidate = response(b"x" * 100, size=150, truncated=True)
+    for result in (
+        compare(primary, candidate, rules()),
+        quick_compare(primary, candidate, rules()),
+    ):
+        assert result is not None
+        assert result.differences == (
+            Difference(Where.BODY, "", Kind.CHANGED, {"bytes_at_least": 200}, {"bytes": 150}),
+        )
+
+
+def test_prefixes_of_unknown_size_that_differ_are_hashed_off_the_loop() -> None:
+    primary = response(b"x" * 100, size=5000, truncated=True)
+    candidate = unknown_size(b"y" * 100, read=4000)
+    assert quick_compare(primary, candidate, rules()) is None
+    assert not compare(primary, candidate, rules()).matched
 
 
 def test_truncated_same_size_different_prefix() -> None:
