@@ -10,6 +10,7 @@ from the candidate must hold for all of them). What is forwarded stays the clien
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,12 +27,27 @@ _ID_FORMS = tuple(
         r"\d{4}-\d\d-\d\d(?:T[\d:.]+(?:Z|[+-][\d:]+)?)?",  # dates and times
         r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",  # JWTs: a JSON header, base64url
         r"[^@\s]+@[^@\s]+\.[^@\s]+",  # e-mail addresses
-        # Opaque tokens: long, with both digits and letters (base64 ids, ULIDs, hashes). Words
-        # joined by hyphens (password-reset-v2) are names, not tokens.
-        r"(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])(?![a-z0-9]+(?:-[a-z0-9]+)+$)"
-        r"[A-Za-z0-9_-]{20,}={0,2}",
     )
 )
+_TOKEN = re.compile(r"[A-Za-z0-9_+-]{16,}={0,2}")
+TOKEN_MIN_SWITCHES = 3
+"""Letter-digit switches that make a long segment an opaque token (a base64 id, a ULID, a pod
+name's hash, cus_9s6XKzkNRiz8i3): random text switches often, names hardly ever
+(password-reset-v2, quarterly_report_2024, ListOrdersByCustomerV2 switch once or never)."""
+
+
+def _opaque_token(segment: str) -> bool:
+    if not _TOKEN.fullmatch(segment):
+        return False
+    switches = 0
+    for a, b in itertools.pairwise(segment):
+        if a.isalnum() and b.isalnum() and a.isdigit() != b.isdigit():
+            switches += 1
+            if switches >= TOKEN_MIN_SWITCHES:
+                return True
+    return False
+
+
 _UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|3\d|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
 
 
@@ -40,7 +56,7 @@ def _unescaped(match: re.Match[str]) -> str:
 
 
 def is_id(segment: str) -> bool:
-    return any(form.fullmatch(segment) for form in _ID_FORMS)
+    return any(form.fullmatch(segment) for form in _ID_FORMS) or _opaque_token(segment)
 
 
 @lru_cache(maxsize=4096)

@@ -25,6 +25,11 @@ from shadowproxy.endpoints import EndpointPattern, endpoint_of, fold_path, norma
         ("/reports/2024-01-31", "/reports/{id}"),
         ("/api/1.0/users", "/api/1.0/users"),  # a version, not an id
         ("/auth/password-reset-v2", "/auth/password-reset-v2"),
+        ("/r/quarterly_report_2024", "/r/quarterly_report_2024"),
+        ("/ops/ListOrdersByCustomerV2", "/ops/ListOrdersByCustomerV2"),
+        ("/dl/x86_64-unknown-linux-gnu", "/dl/x86_64-unknown-linux-gnu"),
+        ("/v1/customers/cus_9s6XKzkNRiz8i3", "/v1/customers/{id}"),
+        ("/pods/nginx-deployment-66b6c48dd5-4jw2p", "/pods/{id}"),
         ("/static/swagger-ui.standalone-preset.js", "/static/swagger-ui.standalone-preset.js"),
         ("/k/aGVsbG8gd29ybGQxMjM0NQ==", "/k/{id}"),
         ("/beef/deadbeef", "/beef/deadbeef"),
