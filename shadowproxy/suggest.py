@@ -151,7 +151,10 @@ class PlaceEvidence:
     """Changed strings with no known shape on either side (a changed format has one)."""
     shapes: dict[str, int] = field(default_factory=dict)
     distinct: set[Any] = field(default_factory=set)
-    distinct_candidate: set[Any] = field(default_factory=set)
+    varied_primary: set[Any] = field(default_factory=set)
+    varied_candidate: set[Any] = field(default_factory=set)
+    """Distinct values of each side, over every difference, up to ``VALUE_SAMPLE`` each: the
+    first ones alone may all fall in the same second."""
     sampled: int = 0
     requests: dict[tuple[str, str], Any] = field(default_factory=dict)
     repeats: int = 0
@@ -181,7 +184,10 @@ class PlaceEvidence:
         if self.sampled < VALUE_SAMPLE:
             self.sampled += 1
             self.distinct.add(key)
-            self.distinct_candidate.add(_value_key(candidate))
+        if len(self.varied_primary) < VALUE_SAMPLE:
+            self.varied_primary.add(key)
+        if len(self.varied_candidate) < VALUE_SAMPLE:
+            self.varied_candidate.add(_value_key(candidate))
         if request:
             seen = (request, raw_path)
             if seen in self.requests:
@@ -198,9 +204,8 @@ class PlaceEvidence:
     @property
     def candidate_varies(self) -> bool:
         """The candidate's values vary at least half as much as the primary's."""
-        return len(self.distinct_candidate) > 1 and 2 * len(self.distinct_candidate) >= len(
-            self.distinct
-        )
+        varied = len(self.varied_candidate)
+        return varied > 1 and 2 * varied >= len(self.varied_primary)
 
     @property
     def main_shape(self) -> str | None:

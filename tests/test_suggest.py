@@ -269,6 +269,25 @@ def test_a_candidate_answering_a_constant_is_not_noise() -> None:
     assert parsed(suggest(ids_log(lambda _: constant))) is None
 
 
+def test_values_that_vary_only_after_a_burst_are_still_noise() -> None:
+    """The first hundred exchanges fall in one second: both sides show one timestamp each;
+    later ones vary. The candidate varies as much as the primary: noise."""
+    records = []
+    for i in range(300):
+        second = 0 if i < 100 else i
+        primary = iso(BASE + timedelta(seconds=second))
+        candidate = iso(BASE + timedelta(seconds=second + 2))
+        records.append(
+            exchange_record(
+                endpoint=USERS,
+                outcome="mismatch",
+                path=f"/users/{i}",
+                differences=[difference("/fetched_at", primary, candidate)],
+            )  # fmt: skip
+        )
+    assert parsed(suggest(records)) == [{"match": USERS, "ignore": ["/fetched_at"]}]
+
+
 def test_a_match_that_covers_other_logged_endpoints_says_so() -> None:
     records = [
         *ids_log(random_uuid),
