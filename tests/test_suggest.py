@@ -283,7 +283,7 @@ def test_values_that_vary_only_after_a_burst_are_still_noise() -> None:
                 outcome="mismatch",
                 path=f"/users/{i}",
                 differences=[difference("/fetched_at", primary, candidate)],
-            )  # fmt: skip
+            )
         )
     assert parsed(suggest(records)) == [{"match": USERS, "ignore": ["/fetched_at"]}]
 
