@@ -97,7 +97,7 @@ pools, the capture file and the watcher are set up once, at start."""
 def without_credentials(url: str) -> str:
     """``url`` with its user information replaced, for logs and the admin listener."""
     # Up to the last "@" before the path: a password may hold a raw "@" of its own.
-    return re.sub(r"//[^/]*@", "//[redacted]@", url, count=1)
+    return re.sub(r"//[^/?#]*@", "//[redacted]@", url, count=1)
 
 
 class ConfigError(Exception):
@@ -1040,8 +1040,13 @@ class _StrictLoader(yaml.SafeLoader):
 
 def parse_config_text(text: str, source: str) -> Config:
     """The config a file's text describes; ``source`` names the file in messages."""
+    return parse_config(read_yaml(text, source), source)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """A config file's YAML, read safely, a key given twice refused; ConfigError on error."""
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
@@ -1052,4 +1057,3 @@ def parse_config_text(text: str, source: str) -> Config:
         raise ConfigError(f"{source}: YAML value error: {error}") from None
     except RecursionError:
         raise ConfigError(f"{source}: YAML nested too deeply") from None
-    return parse_config(data, source)

@@ -131,7 +131,7 @@ class EndpointPattern:
     def literal_ids(self) -> list[str]:
         """Segments written literally that endpoints fold to ``{id}``: ``/items/7`` can
         never match the endpoint ``GET /items/{id}``."""
-        path = self.source.split(None, 1)[-1]
+        path = _UNRESERVED_ESCAPE.sub(_unescaped, self.source.split(None, 1)[-1])
         return [s for s in path.split("/") if is_id(s)]
 
 

@@ -193,6 +193,7 @@ def test_credentials_are_taken_out_of_urls() -> None:
     assert without_credentials("http://u:p@h:1/x") == "http://[redacted]@h:1/x"
     assert without_credentials("http://h:1/a@b") == "http://h:1/a@b"
     assert without_credentials("http://u:p@ss@h:1/x") == "http://[redacted]@h:1/x"
+    assert without_credentials("http://h:1?next=a@b.c") == "http://h:1?next=a@b.c"
 
 
 def test_yaml_aliases_cannot_expand_without_bound(tmp_path: Path) -> None:

@@ -102,3 +102,4 @@ def test_patterns_are_read_as_paths_are() -> None:
 def test_literal_ids_in_a_pattern() -> None:
     assert EndpointPattern.parse("GET /items/7/parts/{id}").literal_ids() == ["7"]
     assert EndpointPattern.parse("/reports/**").literal_ids() == []
+    assert EndpointPattern.parse("GET /items/%37").literal_ids() == ["7"]  # read as /items/7

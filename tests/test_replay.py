@@ -441,6 +441,16 @@ def test_a_diff_only_config_file_applies(tmp_path: Path) -> None:
     assert config.log.redact == ["/secret"]
 
 
+def test_a_config_file_is_read_as_the_proxy_reads_it(tmp_path: Path) -> None:
+    from shadowproxy.config import ConfigError
+    from shadowproxy.replay.cli import load_rules
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("diff: {ignore: [/a]}\ndiff: {ignore: [/b]}\n")
+    with pytest.raises(ConfigError, match="the key 'diff' is given twice"):
+        load_rules(str(rules))
+
+
 async def test_a_log_that_cannot_be_opened_stops_the_replay_before_it_starts(
     serve: Serve, tmp_path: Path
 ) -> None:

@@ -16,9 +16,6 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-import yaml
 
 from shadowproxy import argtypes
 from shadowproxy.config import (
@@ -28,6 +25,8 @@ from shadowproxy.config import (
     ConfigError,
     LogConfig,
     parse_config,
+    read_config_text,
+    read_yaml,
 )
 from shadowproxy.har import CaptureInputError, count_entries, read_entries
 from shadowproxy.noise import NoiseModel
@@ -173,12 +172,7 @@ def load_rules(path: str | None) -> Config:
         return parse_config(
             {name: {"url": url} for name, url in PLACEHOLDER_URLS.items()}, "defaults"
         )
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config file: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: YAML error: {error}") from None
+    data = read_yaml(read_config_text(path), path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -200,6 +194,8 @@ def _setup(args: argparse.Namespace) -> Setup | int:
         config = load_rules(args.config)
     except ConfigError as error:
         return _error(f"invalid config {args.config}:\n{error}")
+    for warning in config.warnings():
+        tell(f"{PROG}: warning: {warning}")
     try:
         expand_sources(args.captures)
     except ReportInputError as error:

@@ -18,7 +18,8 @@ So the worst case (every table full of the longest values) stays near 200 MB; ty
 takes a few MB.
 
 First come, first kept: with more endpoints than the cap, the ones seen first keep their names.
-Latencies count only responses that arrived (a status); failures are judged by the error rate.
+Latencies count only exchanges both sides answered (a status each), so that the two sides'
+percentiles cover the same set; failures are judged by the error rate.
 Path counts cover the differences a record lists (the proxy lists at most 50 per exchange), and
 array indices in JSON Pointers are generalised to ``*`` (``/items/3/price`` ->
 ``/items/*/price``), as is any all-digit key, which a pointer cannot tell from an index.
