@@ -131,6 +131,10 @@ def _value_key(value: Any) -> Any:
         return ("repr", repr(value))
 
 
+def _number(value: Any) -> bool:
+    return type(value) is int or type(value) is float
+
+
 @dataclass(slots=True)
 class PlaceEvidence:
     """What was seen at one place of one endpoint."""
@@ -163,7 +167,10 @@ class PlaceEvidence:
 
     def add(self, request: str, raw_path: str, kind: Any, primary: Any, candidate: Any) -> None:
         self.occurrences += 1
-        if kind != "changed" or primary is None or type(primary) is not type(candidate):
+        if kind == "type" and _number(primary) and _number(candidate):
+            # A float epoch that happens to be whole (1.5 against 2) is the same field.
+            primary, candidate = float(primary), float(candidate)
+        elif kind != "changed" or primary is None or type(primary) is not type(candidate):
             self.structural += 1
             return
         self.same_type_changes += 1

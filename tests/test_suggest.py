@@ -288,6 +288,27 @@ def test_values_that_vary_only_after_a_burst_are_still_noise() -> None:
     assert parsed(suggest(records)) == [{"match": USERS, "ignore": ["/fetched_at"]}]
 
 
+def test_a_float_epoch_that_happens_to_be_whole_is_still_the_same_field() -> None:
+    """The engine reports 1795804800.5 against 1795804801 as a type change; for a number that
+    is the same field, not a structural change."""
+    records = []
+    for i in range(200):
+        primary = 1_795_804_800 + i + 0.25
+        candidate: float = 1_795_804_801 + i + 0.5
+        kind = "changed"
+        if i % 20 == 0:
+            candidate, kind = 1_795_804_802 + i, "type"  # whole: an int in JSON
+        records.append(
+            exchange_record(
+                endpoint=USERS,
+                outcome="mismatch",
+                path=f"/users/{i}",
+                differences=[difference("/at", primary, candidate, kind=kind)],
+            )
+        )
+    assert parsed(suggest(records)) == [{"match": USERS, "ignore": ["/at"]}]
+
+
 def test_a_match_that_covers_other_logged_endpoints_says_so() -> None:
     records = [
         *ids_log(random_uuid),
