@@ -17,7 +17,6 @@ import re
 import stat
 import sys
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
@@ -25,12 +24,11 @@ from itertools import islice
 from typing import Any
 from urllib.parse import unquote_plus
 
-import brotli
 import structlog
-import zstandard
 
 from shadowproxy import logsafe
 from shadowproxy.compare import decode, media
+from shadowproxy.compare.headers import list_value
 from shadowproxy.compare.model import Comparison, Difference, Where
 from shadowproxy.config import DEFAULT_REDACT_QUERY, LogConfig
 from shadowproxy.exchange import Exchange, Failure, Outcome, Response
@@ -123,41 +121,13 @@ _TEXT_COMPARED = frozenset({media.BodyKind.TEXT.value, media.BodyKind.BINARY.val
 _FIELDED = frozenset({media.BodyKind.JSON, media.BodyKind.FORM})
 
 
-def _decoded_head(response: Response) -> bytes | None:
-    """The first bytes of the body without its Content-Encoding; None when they cannot be
-    had cheaply (several codings, an unknown one, a broken stream)."""
-    applied = decode.codings(response.header("content-encoding"))
-    if not applied:
-        return response.body[:_HEAD_BYTES]
-    if len(applied) > 1:
-        return None
-    body = response.body
-    try:
-        match applied[0]:
-            case "gzip" | "x-gzip":
-                return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, _HEAD_BYTES)
-            case "deflate":
-                try:
-                    return zlib.decompressobj().decompress(body, _HEAD_BYTES)
-                except zlib.error:  # raw deflate, as some servers send it
-                    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, _HEAD_BYTES)
-            case "br":
-                head: bytes = brotli.Decompressor().process(body, output_buffer_limit=_HEAD_BYTES)
-                return head[:_HEAD_BYTES]
-            case "zstd":
-                with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-                    return reader.read(_HEAD_BYTES)
-    except (zlib.error, brotli.error, zstandard.ZstdError, ValueError):
-        return None
-    return None
-
-
 def _may_hold_fields(response: Response) -> bool:
     """A body where ``log.redact`` places may stand: declared JSON or form, or looking like
     JSON; or one whose start cannot be seen."""
     if media.declared_kind(response.header("content-type")) in _FIELDED:
         return True
-    head = _decoded_head(response)
+    applied = decode.codings(list_value(response.headers, "content-encoding"))
+    head = decode.head(response.body, applied, _HEAD_BYTES)
     if head is None:
         return True
     if not head.strip(b" \t\r\n"):

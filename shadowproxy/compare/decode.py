@@ -104,6 +104,33 @@ _DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
 }
 
 
+def head(body: bytes, applied: tuple[str, ...], size: int) -> bytes | None:
+    """The first ``size`` bytes of the body with its coding undone, decoding no further; None
+    when they cannot be had cheaply (several codings, an unknown one, a broken stream)."""
+    if not applied:
+        return body[:size]
+    if len(applied) > 1:
+        return None
+    try:
+        match applied[0]:
+            case "gzip" | "x-gzip":
+                return zlib.decompressobj(_GZIP_WBITS).decompress(body, size)
+            case "deflate":
+                try:
+                    return zlib.decompressobj().decompress(body, size)
+                except zlib.error:  # raw deflate, as some servers send it
+                    return zlib.decompressobj(_RAW_DEFLATE_WBITS).decompress(body, size)
+            case "br":
+                start: bytes = brotli.Decompressor().process(body, output_buffer_limit=size)
+                return start[:size]
+            case "zstd":
+                with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+                    return reader.read(size)
+    except (zlib.error, brotli.error, zstandard.ZstdError, ValueError):
+        return None
+    return None
+
+
 def decode(body: bytes, applied: tuple[str, ...], limit: int) -> bytes:
     """The body with ``applied`` codings undone, last applied first.
 
