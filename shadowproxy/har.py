@@ -47,6 +47,7 @@ import orjson
 
 from shadowproxy import __version__
 from shadowproxy.compare import decode, media
+from shadowproxy.compare.headers import list_value
 from shadowproxy.compare.json_parse import NotJson, parse_json
 from shadowproxy.compare.pointer import escape
 from shadowproxy.exchange import Headers, Response, first_header
@@ -215,7 +216,7 @@ def _post_data(c: Captured, redactor: Redactor) -> dict[str, Any]:
         post["_truncated"] = True
         post["comment"] = f"body of {c.request_size} bytes exceeds capture.max_body_bytes"
         return post
-    if redactor and decode.codings(first_header(c.request_headers, "content-encoding")):
+    if redactor and decode.codings(list_value(c.request_headers, "content-encoding")):
         post["_omitted"] = "content-encoded request bodies are not redacted"
         post["comment"] = "body not written: " + post["_omitted"]
         return post
@@ -238,7 +239,7 @@ def _content(c: Captured, redactor: Redactor, max_decoded: int) -> dict[str, Any
     if not c.response_size:
         content["text"] = ""
         return content
-    codings = decode.codings(first_header(c.response_headers, "content-encoding"))
+    codings = decode.codings(list_value(c.response_headers, "content-encoding"))
     truncated = c.response_size > len(c.response_body)
     decoded: bytes | None = None
     why_raw = ""
