@@ -523,18 +523,28 @@ def start_backends(
 
 
 def start_nginx_proxy(
-    tools: Tools, workdir: Path, name: str, *, primary: int, candidate: int | None
+    tools: Tools,
+    workdir: Path,
+    name: str,
+    *,
+    primary: int,
+    candidate: int | None,
+    keepalive: bool = True,
 ) -> tuple[Server, int]:
     """nginx in front of the primary, with ``mirror`` to the candidate when one is given.
 
-    Upstream connections are kept alive, as shadowproxy's pools keep them, and the forwarding
-    headers shadowproxy adds are added here too. ``worker_processes auto``: one per core, like
-    shadowproxy's workers.
+    Upstream connections are kept alive, as shadowproxy's pools keep them, unless
+    ``keepalive`` is false: then nginx opens one per request (HTTP/1.0), as the mirror
+    module's documented example does. The forwarding headers shadowproxy adds are added here
+    too. ``worker_processes auto``: one per core, like shadowproxy's workers.
     """
     port = free_port()
-    forwarding = """
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+    reuse = ""
+    if keepalive:
+        reuse = 'proxy_http_version 1.1;\n            proxy_set_header Connection "";'
+    pooled = " keepalive 128;" if keepalive else ""
+    forwarding = f"""
+            {reuse}
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
@@ -542,9 +552,7 @@ def start_nginx_proxy(
             proxy_set_header X-Request-Id $request_id;"""
     mirror = mirror_location = candidate_upstream = ""
     if candidate is not None:
-        candidate_upstream = (
-            f"upstream candidate {{ server 127.0.0.1:{candidate}; keepalive 128; }}"
-        )
+        candidate_upstream = f"upstream candidate {{ server 127.0.0.1:{candidate};{pooled} }}"
         mirror = "mirror /_mirror;\n            mirror_request_body on;"
         mirror_location = f"""
         location = /_mirror {{
@@ -553,7 +561,7 @@ def start_nginx_proxy(
             proxy_set_header X-Shadow-Request 1;
         }}"""
     body = f"""
-    upstream primary {{ server 127.0.0.1:{primary}; keepalive 128; }}
+    upstream primary {{ server 127.0.0.1:{primary};{pooled} }}
     {candidate_upstream}
     server {{
         listen 127.0.0.1:{port} backlog=4096;

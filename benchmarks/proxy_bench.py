@@ -59,6 +59,9 @@ CASES = (
     Case("direct", "1 direct to primary", mirrors=False),
     Case("nginx_proxy", "2 nginx proxy_pass", mirrors=False),
     Case("nginx_mirror", "3 nginx + mirror", mirrors=True),
+    # The mirror module's documented setup: nginx opens a new upstream connection per request
+    # (HTTP/1.0), the configuration most mirrors run with.
+    Case("nginx_mirror_plain", "3b nginx + mirror, docs", mirrors=True),
     Case("sp_off", "4 shadowproxy, sample 0", mirrors=False),
     Case("sp_mirror", "5 shadowproxy, 100% + diff", mirrors=True),
 )
@@ -157,9 +160,14 @@ def start_target(
     if case.key == "direct":
         return Target(f"http://127.0.0.1:{backends.primary}", lambda: [], None, lambda: None)
     if case.key.startswith("nginx"):
-        candidate = candidate_port if case.key == "nginx_mirror" else None
+        candidate = candidate_port if case.mirrors else None
         server, port = harness.start_nginx_proxy(
-            tools, workdir, name, primary=backends.primary, candidate=candidate
+            tools,
+            workdir,
+            name,
+            primary=backends.primary,
+            candidate=candidate,
+            keepalive=case.key != "nginx_mirror_plain",
         )
         return Target(
             f"http://127.0.0.1:{port}",
@@ -283,6 +291,13 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
         "sp_mirror_over_nginx_mirror": {
             c: ratio(rps("sp_mirror", c), rps("nginx_mirror", c)) for c in CANDIDATES
         },
+        "sp_mirror_over_nginx_mirror_plain": {
+            c: ratio(rps("sp_mirror", c), rps("nginx_mirror_plain", c)) for c in CANDIDATES
+        },
+        # What mirroring costs nginx itself, to set beside (5)/(4).
+        "nginx_mirror_over_nginx_proxy": {
+            c: ratio(rps("nginx_mirror", c), rps("nginx_proxy", c)) for c in CANDIDATES
+        },
         "sp_off_over_nginx_proxy": {
             c: ratio(rps("sp_off", c), rps("nginx_proxy", c)) for c in CANDIDATES
         },
@@ -291,7 +306,7 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "slow_over_healthy": {
             case: ratio(rps(case, "slow"), rps(case, "healthy"))
-            for case in ("nginx_mirror", "sp_mirror")
+            for case in ("nginx_mirror", "nginx_mirror_plain", "sp_mirror")
         },
         "added_p50_ms": {
             c: {case.key: added_p50(case.key, c) for case in CASES[1:]} for c in CANDIDATES
@@ -433,7 +448,7 @@ def print_report(data: dict[str, Any]) -> None:
         if "shadowproxy" in row and row["shadowproxy"]["answered"]:
             sp = row["shadowproxy"]
             mirrored = f"{sp['mirrored'] / sp['answered']:.0%}"
-        elif row["case"] == "nginx_mirror":
+        elif row["case"].startswith("nginx_mirror"):
             mirrored = "100%"
         other = cpu["other"] / max(t["duration_s"] * meta["cores"], 1e-9)
         if other > OTHER_LOAD_WARNING:
@@ -468,18 +483,22 @@ def print_report(data: dict[str, Any]) -> None:
     print("ratios")
     for candidate in CANDIDATES:
         value = r["sp_mirror_over_nginx_mirror"][candidate]
+        plain = r["sp_mirror_over_nginx_mirror_plain"][candidate]
         off = r["sp_off_over_nginx_proxy"][candidate]
         own = r["sp_mirror_over_sp_off"][candidate]
+        nginx_own = r["nginx_mirror_over_nginx_proxy"][candidate]
         print(
-            f"  {candidate:<7} (5)/(3) throughput {fmt(value, '.2f')}, "
-            f"(4)/(2) throughput {fmt(off, '.2f')}, (5)/(4) throughput {fmt(own, '.2f')}"
+            f"  {candidate:<7} throughput (5)/(3) {fmt(value, '.2f')}, "
+            f"(5)/(3b) {fmt(plain, '.2f')}, (4)/(2) {fmt(off, '.2f')}, "
+            f"(5)/(4) {fmt(own, '.2f')}, (3)/(2) {fmt(nginx_own, '.2f')}"
         )
-    for case in ("nginx_mirror", "sp_mirror"):
+    for case in ("nginx_mirror", "nginx_mirror_plain", "sp_mirror"):
         print(f"  slow/healthy throughput of {case}: {fmt(r['slow_over_healthy'][case], '.2f')}")
     if len(r.get("by_round", ())) > 1:
         for name, label in (
             ("sp_mirror_over_nginx_mirror", "(5)/(3)"),
             ("sp_mirror_over_sp_off", "(5)/(4)"),
+            ("nginx_mirror_over_nginx_proxy", "(3)/(2)"),
         ):
             each = ", ".join(fmt(one[name]["healthy"], ".2f") for one in r["by_round"])
             print(f"  healthy {label} in each round: {each}")

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run"
-CASES = ("direct", "nginx_proxy", "nginx_mirror", "sp_off", "sp_mirror")
+CASES = ("direct", "nginx_proxy", "nginx_mirror", "nginx_mirror_plain", "sp_off", "sp_mirror")
 CANDIDATES = ("healthy", "slow")
 RUN_TIMEOUT = 85
 
