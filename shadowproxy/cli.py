@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tls_port=args.listen_tls_port,
                 ready_fd=args.ready_fd,
                 config_channel=args.config_fd,
+                demand_file=args.demand_file,
             )
         )
     except OSError as error:  # the port is taken, the log file cannot be opened, ...
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen-tls-port", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--config-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--demand-file", type=Path, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")

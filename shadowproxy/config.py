@@ -334,8 +334,9 @@ class MirrorConfig(Model):
     random."""
     max_rps: Annotated[float, AfterValidator(_positive)] | None = None
     """Mirrors sent to the candidate per second at most, with bursts of up to one second's
-    worth; over it, requests are not mirrored (counted as ``rate_limit``). The limit is kept per
-    process: with N worker processes each one allows ``max_rps / N``. Unset: no limit."""
+    worth; over it, requests are not mirrored (counted as ``rate_limit``). Worker processes
+    share it by what each is asked for, looked at every half second: one worker holding most
+    of the connections gets most of the rate. Unset: no limit."""
     breaker: BreakerConfig | None = None
     """The candidate's circuit breaker; unset: mirroring never pauses on candidate errors."""
 

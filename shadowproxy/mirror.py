@@ -34,10 +34,9 @@ from shadowproxy.protection import (
     Breaker,
     BreakerState,
     Clock,
-    TokenBucket,
-    worker_share,
 )
 from shadowproxy.sampling import CandidateEdit, SkipReason
+from shadowproxy.shares import DemandBoard, SharedRate
 from shadowproxy.upstream import fetch, is_streaming
 
 Sink = Callable[[Exchange, Comparison | None, Comparison | None], None]
@@ -193,9 +192,11 @@ class MirrorDispatcher:
         metrics: Metrics,
         sinks: list[Sink],
         workers: int = 1,
+        board: DemandBoard | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
-        """``workers``: how many processes share ``mirror.max_rps`` (each gets its share)."""
+        """``workers``: how many processes share ``mirror.max_rps``: evenly, or by what each
+        is asked for when they share a ``board``."""
         self._candidate_pool = candidate_pool
         self._secondary_pool = secondary_pool
         self._compare = compare
@@ -204,12 +205,13 @@ class MirrorDispatcher:
         self._mirrored = metrics.labelled(metrics.mirrored)
         self._sinks = sinks
         self._workers = max(1, workers)
+        self._board = board
         self._clock = clock
         self._log = oplog.get()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._closing = False
-        self._bucket: TokenBucket | None = None
+        self._rate: SharedRate | None = None
         self._breaker: Breaker | None = None
         self.configure(config)
 
@@ -234,13 +236,13 @@ class MirrorDispatcher:
     def _configure_protection(self, config: Config, *, new_candidate: bool) -> None:
         mirror = config.mirror
         if mirror.max_rps is None:
-            self._bucket = None
+            self._rate = None
+        elif self._rate is None:
+            self._rate = SharedRate(
+                mirror.max_rps, workers=self._workers, board=self._board, clock=self._clock
+            )
         else:
-            rate = worker_share(mirror.max_rps, self._workers)
-            if self._bucket is None:
-                self._bucket = TokenBucket(rate, clock=self._clock)
-            else:
-                self._bucket.set_rate(rate)
+            self._rate.set_total(mirror.max_rps)
 
         settings, breaker = mirror.breaker, self._breaker
         if breaker is not None and (settings is None or new_candidate):
@@ -312,7 +314,7 @@ class MirrorDispatcher:
         refused: SkipReason | None = None
         if self._in_flight >= self._max_in_flight:
             refused = SkipReason.IN_FLIGHT
-        elif self._bucket is not None and not self._bucket.take():
+        elif self._rate is not None and not self._rate.take():
             refused = SkipReason.RATE_LIMIT
         if refused is not None:
             if breaker is not None and admission is not None:

@@ -14,11 +14,6 @@ from collections.abc import Callable
 Clock = Callable[[], float]
 
 
-def worker_share(max_rps: float, workers: int) -> float:
-    """The part of ``mirror.max_rps`` one of ``workers`` processes may send."""
-    return max_rps / max(1, workers)
-
-
 class TokenBucket:
     """Allows ``rate`` events per second on average, in bursts of up to ``burst``.
 

@@ -40,6 +40,7 @@ from shadowproxy.pool import Timing
 from shadowproxy.record import LogWriter, QueryRedactor, build_record, outcome_of
 from shadowproxy.redact import Redactor
 from shadowproxy.report.live import LiveView
+from shadowproxy.shares import DemandBoard
 from shadowproxy.upstream import make_pool, make_session
 from shadowproxy.watch import FileWatcher
 
@@ -95,6 +96,7 @@ class Proxy:
         serve_admin: bool = True,
         worker: int | None = None,
         workers: int = 1,
+        demand_board: DemandBoard | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -106,7 +108,9 @@ class Proxy:
         self._serve_admin = serve_admin
         self.worker = worker
         self.workers = workers
-        """Processes sharing the port; per-process bounds such as max_rps are divided by it."""
+        """Processes sharing the port; ``mirror.max_rps`` is shared among them."""
+        self.demand_board = demand_board
+        """Where the workers share ``mirror.max_rps`` by demand (see shares.py)."""
         self.metrics = Metrics()
         self.redactor = Redactor(config.log.redact)
         self.query_redactor = QueryRedactor(config.log.redact_query)
@@ -182,6 +186,7 @@ class Proxy:
             metrics=self.metrics,
             sinks=[self._record],
             workers=self.workers,
+            board=self.demand_board,
         )
         self.capture = self._open_capture(config)
         if self.capture is not None:
@@ -425,6 +430,7 @@ async def serve(
     tls_port: int | None = None,
     ready_fd: int | None = None,
     config_channel: int | None = None,
+    demand_file: Path | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reopens the log and reloads the config.
 
@@ -441,6 +447,9 @@ async def serve(
     if tls_port is not None and config.listen_tls is not None:
         address = config.listen_tls.address.model_copy(update={"port": tls_port})
         tls_socket = bind(address, "listen_tls", reuse_port=True)
+    board = None
+    if demand_file is not None and worker is not None:
+        board = DemandBoard(demand_file, workers, worker)
     proxy = Proxy(
         config,
         config_path=config_path,
@@ -449,6 +458,7 @@ async def serve(
         serve_admin=worker is None,
         worker=worker,
         workers=workers,
+        demand_board=board,
     )
     # Handlers are in place before anyone can learn the address: a stop asked for during
     # start-up drains once started, and a reload waits until the proxy can do it (SIGHUP is

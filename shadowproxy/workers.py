@@ -36,6 +36,7 @@ from shadowproxy.record import OUTPUT_DRAIN_TIMEOUT
 from shadowproxy.relay import LineRelay
 from shadowproxy.report.live import LiveView
 from shadowproxy.server import address_text, bind, listener_tls_context, warn_about
+from shadowproxy.shares import DemandBoard
 from shadowproxy.watch import FileWatcher
 
 WORKER_START_TIMEOUT = 30.0
@@ -52,7 +53,17 @@ class WorkerStartError(Exception):
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_text: str, config_path: Path, workers: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_text: str,
+        config_path: Path,
+        workers: int,
+        *,
+        demand_file: Path | None = None,
+    ) -> None:
+        """``demand_file``: where the workers share ``mirror.max_rps`` (see shares.py);
+        created here, and without it each worker takes an even split."""
         self.config = config
         self.config_path = config_path
         # A worker started again gets the text the proxy started with, then the one in force:
@@ -77,6 +88,9 @@ class Supervisor:
         self._metrics = SupervisorMetrics()
         self._relay: LineRelay | None = None
         """With ``log.path: "-"``: the workers' records pass through here (see relay.py)."""
+        self._demand_file = demand_file
+        if demand_file is not None:
+            DemandBoard.create(demand_file, workers)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -150,6 +164,7 @@ class Supervisor:
             "--listen-port", str(self._port),
             *(("--listen-tls-port", str(self._tls_port)) if self._tls_port else ()),
             "--ready-fd", str(write_fd),
+            *(("--demand-file", str(self._demand_file)) if self._demand_file else ()),
         ]  # fmt: skip
         signals.hold(signal.SIGHUP)  # a restarted worker is as exposed as the first
         try:
@@ -330,6 +345,8 @@ def run_supervisor(
     config: Config, config_text: str, config_path: Path, workers: int, metrics_dir: Path
 ) -> None:
     try:
-        asyncio.run(Supervisor(config, config_text, config_path, workers).run())
+        demand_file = metrics_dir / "mirror-demand"
+        supervisor = Supervisor(config, config_text, config_path, workers, demand_file=demand_file)
+        asyncio.run(supervisor.run())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shadowproxy.protection import Admission, Breaker, BreakerState, TokenBucket, worker_share
+from shadowproxy.protection import Admission, Breaker, BreakerState, TokenBucket
 
 
 class FakeClock:
@@ -66,13 +66,6 @@ def test_changing_the_rate_keeps_saved_tokens() -> None:
     bucket.set_rate(1)  # the burst shrinks to one
     clock.advance(10)
     assert sum(bucket.take() for _ in range(50)) == 1
-
-
-def test_worker_share() -> None:
-    assert worker_share(100, 4) == 25
-    assert worker_share(100, 0) == 100
-    with pytest.raises(ValueError, match="rate"):
-        TokenBucket(0)
 
 
 # --- breaker --------------------------------------------------------------------------------

@@ -640,3 +640,49 @@ async def test_a_dead_workers_mirrors_in_flight_leave_the_gauge(
     finally:
         release.set()
     assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_one_busy_worker_gets_nearly_all_of_max_rps(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    """All traffic on one keep-alive connection reaches one worker; an even split of the rate
+    would let it mirror half of ``max_rps``."""
+    primary = await serve(json_handler({"a": 1}))
+    candidate = await serve(json_handler({"a": 2}))
+    rate, seconds = 20.0, 4.0
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "2"), mirror={"max_rps": rate}
+    )
+    sent = 0
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while loop.time() - started < seconds:
+            async with client.get(proxy.url + f"/r/{sent}") as response:
+                assert response.status == 200
+                await response.read()
+            sent += 1
+        elapsed = loop.time() - started
+    assert sent > 2 * rate * elapsed  # asked for far more than the cap
+
+    async def settled() -> tuple[int, float]:
+        skipped = await metric(proxy.admin_url, "shadowproxy_mirror_skipped_total")
+        return len(proxy.records()), skipped
+
+    async with asyncio.timeout(15):
+        # Records and metrics are files and a page: nothing to await but their contents.
+        while sum(counts := await settled()) < sent:  # noqa: ASYNC110
+            await asyncio.sleep(RECORD_POLL)
+    mirrored, skipped = counts
+    assert (
+        await metric(proxy.admin_url, "shadowproxy_mirror_skipped_total", reason="rate_limit")
+        == skipped
+    )
+    half = rate / 2
+    # More than one worker's even split could allow (its burst, then half the rate)...
+    assert mirrored > half + half * elapsed + 10, (mirrored, elapsed)
+    # ...and never more than the whole cap.
+    assert mirrored <= rate + rate * elapsed + 1, (mirrored, elapsed)
+    assert await proxy.stop() == 0
