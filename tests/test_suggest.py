@@ -269,6 +269,21 @@ def test_a_candidate_answering_a_constant_is_not_noise() -> None:
     assert parsed(suggest(ids_log(lambda _: constant))) is None
 
 
+def test_a_primary_answering_a_constant_is_not_noise() -> None:
+    """The primary says the same creation time for every user; the candidate stamps each
+    answer with the time: the field's meaning changed, two primaries would agree."""
+    records = [
+        exchange_record(
+            endpoint=USERS,
+            outcome="mismatch",
+            path=f"/users/{i}",
+            differences=[difference("/created_at", iso(BASE), iso(BASE + timedelta(seconds=i)))],
+        )
+        for i in range(1, 201)
+    ]
+    assert parsed(suggest(records)) is None
+
+
 def test_values_that_vary_only_after_a_burst_are_still_noise() -> None:
     """The first hundred exchanges fall in one second: both sides show one timestamp each;
     later ones vary. The candidate varies as much as the primary: noise."""
