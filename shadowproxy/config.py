@@ -90,8 +90,9 @@ RESTART_ONLY_KEYS = (
     "listen", "admin", "primary", "candidate", "secondary", "capture", "listen_tls",
     "shutdown_timeout", "reload",
 )  # fmt: skip
-"""Keys a reload does not change (nor does ``log.path``): sockets, backends' connection
-pools, the capture file and the watcher are set up once, at start."""
+"""Keys a reload does not change (nor do ``log.path`` and ``noise.state_path``): sockets,
+backends' connection pools, the capture file, the noise counts' file and the watcher are set
+up once, at start."""
 
 
 def without_credentials(url: str) -> str:
@@ -668,9 +669,10 @@ class NoiseConfig(Model):
     """A small JSON file the counts are saved to, every ``save_interval`` and at shutdown, and
     read back at start, so noise learned survives restarts; unset: counts start afresh each
     time. With several worker processes each keeps its own file, the path with ``.N`` (its
-    index) appended."""
+    index) appended. A file there that is not a state file is never written over (the counts
+    are then not saved). Takes effect only after a restart."""
     save_interval: Seconds = 60.0
-    """Seconds between saves of the counts, when they changed."""
+    """Seconds between saves of the counts, when they changed; a reload applies it at once."""
     max_endpoints: Count = 500
     """Endpoints tracked; differences on endpoints beyond it are never classed as noise."""
     max_paths: Count = 200
@@ -802,6 +804,7 @@ class Config(Model):
         sees what is in force, not what the file asks for next."""
         kept: dict[str, Any] = {key: getattr(self, key) for key in RESTART_ONLY_KEYS}
         kept["log"] = new.log.model_copy(update={"path": self.log.path})
+        kept["noise"] = new.noise.model_copy(update={"state_path": self.noise.state_path})
         return new.model_copy(update=kept)
 
     def warnings(self) -> list[str]:
@@ -852,6 +855,8 @@ class Config(Model):
         changed = [key for key in RESTART_ONLY_KEYS if getattr(self, key) != getattr(new, key)]
         if self.log.path != new.log.path:
             changed.append("log.path")
+        if self.noise.state_path != new.noise.state_path:
+            changed.append("noise.state_path")
         return changed
 
     def digest(self) -> str:

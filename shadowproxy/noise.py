@@ -4,7 +4,8 @@ Real services answer with timestamps, generated ids and random orderings, so two
 responses differ. A *secondary* (a second instance of the primary's version) gets the same
 mirrored requests as the candidate; where it differs from the primary, the difference cannot
 be the candidate's fault. The model counts, per endpoint and per place (``where`` and the path
-with array indices generalised, ``/items/3/price`` -> ``/items/*/price``):
+with array indices generalised, ``/items/3/price`` -> ``/items/*/price``), over the
+exchanges the secondary answered:
 
 - R: exchanges in which the candidate differed from the primary there,
 - N: exchanges in which the secondary differed from the primary there,
@@ -18,9 +19,10 @@ current exchange teaches applies to it already and to every later exchange of th
 
 Decisions:
 
-- No secondary answer (not configured, or it failed): R and T count, N cannot, and every
-  difference of that exchange stays real; a model never hides a difference it has no
-  evidence for.
+- No secondary answer (not configured, or it failed): every difference of that exchange stays
+  real, and nothing is counted; a model never hides a difference it has no evidence for. R
+  is weighed against N, so both count over the same exchanges: counting R alone while the
+  secondary is down would keep real, long after it is back, what is noise.
 - Memory is bounded: at most ``max_endpoints`` endpoints and ``max_paths`` places per endpoint,
   first come, first kept, and places longer than ``MAX_PATH_CHARS`` are not tracked. What does
   not fit is counted in ``untracked`` and its differences stay real. About 150 bytes a place
@@ -235,7 +237,11 @@ class NoiseModel:
         secondary_diffs: Sequence[Difference] | None,
     ) -> None:
         """Count one compared exchange: ``candidate_diffs`` are primary vs candidate,
-        ``secondary_diffs`` primary vs secondary, None when there is no secondary answer."""
+        ``secondary_diffs`` primary vs secondary, None when there is no secondary answer (the
+        exchange is then not counted at all: N could not be, and R and T without it would
+        outweigh N at every place the secondary makes noisy)."""
+        if secondary_diffs is None:
+            return
         stats = self._endpoints.get(endpoint)
         if stats is None:
             if len(self._endpoints) >= self.max_endpoints:
@@ -249,11 +255,10 @@ class NoiseModel:
                 counts = self._counts(stats, place)
                 if counts is not None:
                     counts.raw += 1
-        if secondary_diffs:
-            for place in _places(secondary_diffs):
-                counts = self._counts(stats, place)
-                if counts is not None:
-                    counts.noise += 1
+        for place in _places(secondary_diffs):
+            counts = self._counts(stats, place)
+            if counts is not None:
+                counts.noise += 1
 
     def _counts(self, stats: _Endpoint, place: Place) -> PlaceCounts | None:
         counts = stats.places.get(place)
@@ -486,17 +491,31 @@ class NoiseFilter:
         noise = config.noise
         self._path = state_file(noise.state_path, worker) if noise.state_path else None
         self._interval = noise.save_interval
+        self._rescheduled = asyncio.Event()
+        """Set by a reload that changes the interval: the saver then waits anew with it."""
         self._saver: asyncio.Task[None] | None = None
         self.model = NoiseModel.from_config(noise)
         if self._path is not None:
             try:
                 self.model = NoiseModel.load(self._path, noise)
             except NoiseStateError as error:
-                log.error("noise_state_unreadable", path=self._path, error=str(error))
+                # Never written over: it may be another file named by mistake, or a newer
+                # version's state. The counts start afresh and stay in memory.
+                log.error(
+                    "noise_state_unreadable",
+                    path=self._path,
+                    error=str(error),
+                    detail="counts are not saved until the file is moved or deleted",
+                )
+                self._path = None
 
     def configure(self, config: Config) -> None:
+        """Take a reloaded config; ``noise.state_path`` is kept (it needs a restart)."""
         self._active = config.secondary is not None
         self.model.configure(config.noise)
+        if config.noise.save_interval != self._interval:
+            self._interval = config.noise.save_interval
+            self._rescheduled.set()
 
     def apply(
         self,
@@ -525,7 +544,14 @@ class NoiseFilter:
     async def _save_periodically(self) -> None:
         assert self._path is not None
         while True:
-            await asyncio.sleep(self._interval)
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self._rescheduled.wait()
+            except TimeoutError:
+                pass
+            else:  # a reload changed the interval: wait anew, not the rest of the old one
+                self._rescheduled.clear()
+                continue
             if self.model.dirty:
                 try:
                     await self.model.save_async(self._path)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from shadowproxy.compare.model import Comparison, Difference, Kind, Where
-from shadowproxy.config import ConfigError, NoiseConfig, parse_config
+from shadowproxy.config import Config, ConfigError, NoiseConfig, parse_config
 from shadowproxy.exchange import Failure, FailureKind, Response
 from shadowproxy.noise import (
     MAX_PATH_CHARS,
@@ -157,8 +157,17 @@ def test_a_failed_secondary_keeps_every_difference_real() -> None:
     assert (real, noise) == ([body("/ts")], [])
     counts = model.counts(EP, Where.BODY, "/ts")
     assert counts is not None
-    # R and T count the exchange, N cannot.
-    assert (counts.raw, counts.noise, model.requests(EP)) == (1, 1, 2)
+    # N cannot count the exchange, so neither do R and T: R alone would outweigh N.
+    assert (counts.raw, counts.noise, model.requests(EP)) == (0, 1, 1)
+
+
+def test_noise_is_cancelled_again_once_a_failed_secondary_is_back() -> None:
+    model = NoiseModel()
+    for _ in range(5):
+        model.classify(EP, [body("/ts")], [body("/ts")])
+    for _ in range(100):  # the secondary is down
+        assert model.classify(EP, [body("/ts")], None) == ([body("/ts")], [])
+    assert model.classify(EP, [body("/ts")], [body("/ts")]) == ([], [body("/ts")])
 
 
 def test_noise_covers_only_differences_of_its_kind() -> None:
@@ -300,7 +309,7 @@ def test_state_round_trips(tmp_path: Path) -> None:
     model = NoiseModel()
     model.classify(EP, [body("/items/1/ts"), body("/price")], [body("/items/2/ts")])
     model.classify(EP, [body("/price"), STATUS], [header("x-trace-id")])
-    model.classify("POST /orders", [header("x-a")], None)
+    model.classify("POST /orders", [header("x-a")], [])
     dirty = [model.dirty]
     path = tmp_path / "noise.json"
     model.save(path)
@@ -317,7 +326,7 @@ def test_state_round_trips(tmp_path: Path) -> None:
     for where, place in [(Where.BODY, "/items/*/ts"), (Where.BODY, "/price"), (Where.STATUS, "")]:
         assert loaded.counts(EP, where, place) == model.counts(EP, where, place)
     assert loaded.split(EP, [body("/items/9/ts")], []) == ([], [body("/items/9/ts")])
-    loaded.observe(EP, [body("/price")], None)
+    loaded.observe(EP, [body("/price")], [])
     assert loaded.snapshot() != model.snapshot()  # it went on counting
 
 
@@ -502,3 +511,16 @@ def test_secondary_must_be_another_backend(url: str, message: str) -> None:
 def test_noise_config_is_validated(noise: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         parse_config({"primary": {"url": PRIMARY}, "candidate": {"url": CANDIDATE}, "noise": noise})
+
+
+def test_a_reload_keeps_the_state_path_and_names_it() -> None:
+    def config(state_path: str, save_interval: float) -> Config:
+        noise = {"state_path": state_path, "save_interval": save_interval}
+        return parse_config(
+            {"primary": {"url": PRIMARY}, "candidate": {"url": CANDIDATE}, "noise": noise}
+        )
+
+    running, new = config("/a.json", 60), config("/b.json", 5)
+    assert running.restart_only_changes(new) == ["noise.state_path"]
+    reloaded = running.reloaded(new)
+    assert (reloaded.noise.state_path, reloaded.noise.save_interval) == ("/a.json", 5)

@@ -4,6 +4,8 @@ suggest-ignores proposes the noisy fields from the log."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import time
 import uuid
@@ -87,6 +89,42 @@ async def test_failed_secondary_keeps_differences_real(
         assert "noise" not in record
 
 
+async def test_noise_is_cancelled_again_once_a_failed_secondary_is_back(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(nondeterministic("gold"))
+    healthy = nondeterministic("gold")
+    down = asyncio.Event()
+
+    async def flaky(request: web.BaseRequest) -> web.StreamResponse:
+        if down.is_set():
+            return web.Response(status=503, text="down")
+        return await healthy(request)
+
+    secondary = await serve(flaky)
+    candidate = await serve(nondeterministic("gold"))
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "1"), secondary={"url": secondary.url}
+    )
+    sent = 0
+    for phase, count in (("up", 5), ("down", 30), ("back", 5)):
+        if phase == "down":
+            down.set()
+        elif phase == "back":
+            down.clear()
+        for i in range(count):
+            async with client.get(f"{proxy.url}/users/{i}") as response:
+                await response.read()
+        sent += count
+        records = await proxy.wait_records(sent)  # mirrored under this phase's secondary
+    assert await proxy.stop() == 0
+    assert all(r["outcome"] == "mismatch" for r in records[5:35])  # nothing to cancel with
+    # The outage taught nothing: the secondary back, its noise is cancelled at once.
+    for record in records[35:]:
+        assert record["outcome"] == "match", record
+        assert {d["path"] for d in record["noise"]} == {"/request_id", "/generated_at"}
+
+
 async def test_suggest_ignores_proposes_exactly_the_noisy_paths(
     serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
 ) -> None:
@@ -136,3 +174,64 @@ async def test_learned_noise_survives_a_restart(
         assert model.requests("GET /users/{id}") == run * REQUESTS
         assert model.is_noise("GET /users/{id}", Where.BODY, "/request_id")
         assert not model.is_noise("GET /users/{id}", Where.BODY, "/user/plan")
+
+
+async def test_a_file_that_is_not_a_state_file_is_never_written_over(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    primary = await serve(nondeterministic("gold"))
+    secondary = await serve(nondeterministic("gold"))
+    candidate = await serve(nondeterministic("gold"))
+    named = tmp_path / "discrepancies.jsonl"  # the state_path names the wrong file
+    named.write_bytes(b'{"event": "exchange"}\nnot JSON\n')
+    proxy = await start_proxy(
+        primary.url,
+        candidate.url,
+        args=("--workers", "1"),
+        secondary={"url": secondary.url},
+        noise={"state_path": str(named)},
+    )
+    [event] = proxy.events("noise_state_unreadable")
+    assert event["path"] == str(named)
+    await send(client, proxy.url)
+    records = await proxy.wait_records(REQUESTS)
+    assert await proxy.stop() == 0  # the counts changed: saved at exit if anywhere
+    assert named.read_bytes() == b'{"event": "exchange"}\nnot JSON\n'
+    # No temporary file left beside it either.
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [named.name, proxy.config_path.name, proxy.log_path.name]
+    )
+    # Noise is still cancelled, from the counts in memory.
+    assert "noise" in records[-1]
+
+
+async def test_a_reload_applies_save_interval_at_once_and_keeps_the_state_path(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    primary = await serve(nondeterministic("gold"))
+    secondary = await serve(nondeterministic("gold"))
+    candidate = await serve(nondeterministic("gold"))
+    state, elsewhere = tmp_path / "noise.json", tmp_path / "elsewhere.json"
+    proxy = await start_proxy(
+        primary.url,
+        candidate.url,
+        args=("--workers", "1"),
+        secondary={"url": secondary.url},
+        noise={"state_path": str(state), "save_interval": 3600},
+        reload={"watch": False},
+    )
+    await send(client, proxy.url)
+    await proxy.wait_records(REQUESTS)
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["noise"] = {"state_path": str(elsewhere), "save_interval": 0.05}
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    partial = await proxy.wait_event("config_reload_partial")
+    assert partial["keys"] == ["noise.state_path"]
+    async with asyncio.timeout(10):
+        # A file gives no event to await; poll it. Saved well before the old hour is up.
+        while not state.exists():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert NoiseModel.load(state).requests("GET /users/{id}") == REQUESTS
+    assert await proxy.stop() == 0
+    assert not elsewhere.exists()
