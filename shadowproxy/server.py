@@ -52,9 +52,36 @@ ANNOUNCE_TIMEOUT = 1.0
 
 
 def listener_tls_context(listener: TLSListener) -> ssl.SSLContext:
+    """The HTTPS listener's context. A pair that cannot be loaded raises an `OSError` naming
+    the config key and the file at fault: ssl's own message ("[SSL] PEM lib") names neither."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(listener.cert_file, listener.key_file)
+    try:
+        # With a password callback an encrypted key fails at once; without one, OpenSSL asks
+        # for a passphrase on the terminal, and a reload would wait on the event loop for it.
+        context.load_cert_chain(listener.cert_file, listener.key_file, password=lambda: b"")
+    except OSError as error:  # ssl.SSLError included
+        raise OSError(_tls_pair_problem(listener, error)) from None
     return context
+
+
+def _tls_pair_problem(listener: TLSListener, error: OSError) -> str:
+    cert = f"listen_tls.cert_file: {listener.cert_file}"
+    key = f"listen_tls.key_file: {listener.key_file}"
+    if not isinstance(error, ssl.SSLError):  # a file that cannot be read (gone since the start)
+        for name, path in ((cert, listener.cert_file), (key, listener.key_file)):
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as unreadable:
+                return f"{name}: {unreadable.strerror or unreadable}"
+        return f"{cert}, {key}: {error.strerror or error}"
+    if error.reason == "KEY_VALUES_MISMATCH":
+        return f"{key}: not the private key of listen_tls.cert_file"
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=listener.cert_file)
+    except ssl.SSLError:
+        return f"{cert}: not a PEM certificate"
+    return f"{key}: not a PEM private key, or one encrypted with a passphrase (not supported)"
 
 
 def address_text(host: str, port: int) -> str:

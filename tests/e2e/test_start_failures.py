@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from tests.conftest import run_cli
@@ -68,3 +69,24 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None
     result = run(tmp_path, 2, capture={"path": str(tmp_path / "plain-file" / "capture.jsonl")})
     assert_clean_failure(result, "exited during start-up with code 1")
     assert "plain-file" in result.stderr  # the worker's own reason, above the supervisor's
+
+
+def test_a_tls_pair_that_cannot_be_loaded_names_the_key_at_fault(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    identity = ca.issue_cert("127.0.0.1")
+    cert, key, other_key = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "other.key"
+    identity.cert_chain_pems[0].write_to_path(str(cert))
+    identity.private_key_pem.write_to_path(str(key))
+    ca.issue_cert("elsewhere").private_key_pem.write_to_path(str(other_key))
+    for cert_file, key_file, reason in (
+        (key, key, f"listen_tls.cert_file: {key}: not a PEM certificate"),
+        (cert, cert, f"listen_tls.key_file: {cert}: not a PEM private key"),
+        (cert, other_key, f"listen_tls.key_file: {other_key}: not the private key of"),
+    ):
+        listener = {
+            "address": "127.0.0.1:0",
+            "cert_file": str(cert_file),
+            "key_file": str(key_file),
+        }
+        assert_clean_failure(run(tmp_path, 1, listen_tls=listener), reason)
