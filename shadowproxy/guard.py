@@ -11,8 +11,9 @@ top of it, cheaply, per connection:
 - heads over ``limits.max_header_size`` per line or ``limits.max_headers`` fields get 431;
 - every request aiohttp cannot parse gets a short JSON answer (400, or 431) and the connection
   closes: no traceback, no echo of what the client sent, nothing forwarded;
-- a request whose target is not a path (``GET http://host/x``, ``CONNECT host:443``) or whose
-  body uses a transfer coding other than chunked alone is refused before the primary sees it.
+- a request whose target is not a path (``GET http://host/x``, ``CONNECT host:443``), whose
+  body uses a transfer coding other than chunked alone, or whose WebSocket handshake is not
+  valid is refused before the primary sees it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
-from shadowproxy import oplog
+from shadowproxy import oplog, websocket
 from shadowproxy.config import LimitsConfig
 from shadowproxy.forward import error_response
 from shadowproxy.headers import OWN_ANSWER_HEADERS, new_request_id, request_id_of
@@ -131,6 +132,9 @@ def _target_problem(request: web.BaseRequest) -> tuple[int, str, str] | None:
         # RFC 9112 section 6.1: a coding the server does not implement gets 501; forwarding
         # the body without it would hand the primary bytes it cannot read.
         return 501, "unsupported_transfer_coding", "only Transfer-Encoding: chunked is supported"
+    if websocket.is_upgrade(request) and not web.WebSocketResponse().can_prepare(request):
+        # Checked here: aiohttp would refuse it only after the primary accepted the upgrade.
+        return 400, "bad_request", "invalid WebSocket handshake (Sec-WebSocket-Key or -Version)"
     return None
 
 

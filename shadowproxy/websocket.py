@@ -1,7 +1,8 @@
 """WebSocket upgrades: relayed to the primary in both directions, never mirrored.
 
 Frames pass as they are (text, binary, ping, pong) and a close from either side is passed on
-with its code and reason, so the client sees the primary's conversation.
+with its code and reason, so the client sees the primary's conversation; a connection that
+breaks off without a close is broken off on the other side too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import HttpVersion11, WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -31,6 +32,8 @@ HANDSHAKE_HEADERS = frozenset(
 )
 # A close code the peer did not send (1005 "no status") cannot be sent on; 1000 stands in.
 NORMAL_CLOSURE = 1000
+# What aiohttp reports for a connection that broke off without a Close frame.
+ABNORMAL_CLOSURE = 1006
 
 
 class UpgradeRefused(Exception):
@@ -71,6 +74,11 @@ def refuse_redirects() -> aiohttp.TraceConfig:
 
 
 def is_upgrade(request: web.BaseRequest) -> bool:
+    # A WebSocket handshake is a GET (RFC 6455, section 4.1), and a server must ignore Upgrade
+    # in an HTTP/1.0 request (RFC 9110, section 7.8). Any other goes to the primary as a plain
+    # request: relayed, it would reach the primary as an HTTP/1.1 GET.
+    if request.method != "GET" or request.version < HttpVersion11:
+        return False
     if request.headers.get("Upgrade", "").lower() != "websocket":
         return False
     tokens = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
@@ -126,9 +134,12 @@ async def relay(
                 if name.lower() not in HANDSHAKE_HEADERS:
                     client.headers.add(name, value)
         await client.prepare(request)
+        upstream_connection = handshake.connection if handshake is not None else None
         pumps = [
-            asyncio.ensure_future(_pump(client, upstream)),
-            asyncio.ensure_future(_pump(upstream, client)),
+            asyncio.ensure_future(
+                _pump(client, upstream, upstream_connection and upstream_connection.transport)
+            ),
+            asyncio.ensure_future(_pump(upstream, client, request.transport)),
         ]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -144,6 +155,7 @@ async def relay(
 async def _pump(
     source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink_transport: asyncio.Transport | None,
 ) -> None:
     # receive(), not ``async for``: iterating drops the CLOSE message, and its reason with it.
     while True:
@@ -159,6 +171,13 @@ async def _pump(
         else:  # CLOSE, CLOSING, CLOSED or ERROR: the conversation is over
             break
     code = source.close_code or NORMAL_CLOSURE
+    if code == ABNORMAL_CLOSURE:
+        # The source's connection broke off without a Close frame, and 1006 must never be sent
+        # in one (RFC 6455, section 7.4.1): the sink's is broken off too, so its peer sees the
+        # same abnormal closure. Frames still buffered for it are lost, as they would be anyway.
+        if sink_transport is not None:
+            sink_transport.abort()
+        return
     reason = message.extra if message.type is WSMsgType.CLOSE and message.extra else ""
     with contextlib.suppress(ConnectionError, RuntimeError):
         await sink.close(code=code if code != 1005 else NORMAL_CLOSURE, message=reason.encode())

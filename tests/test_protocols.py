@@ -306,6 +306,108 @@ async def test_websocket_upgrade_to_a_primary_that_is_down_gets_a_502(
     assert b"Server: shadowproxy" in head
 
 
+def masked_text_frame(text: bytes) -> bytes:
+    """A client's text frame, masked as RFC 6455 requires of clients (the key is all zeros)."""
+    return bytes([0x81, 0x80 | len(text)]) + b"\0\0\0\0" + text
+
+
+async def test_a_websocket_broken_off_by_the_primary_is_broken_off_for_the_client(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    async def drop_after_one_message(request: web.BaseRequest) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()
+        assert request.transport is not None
+        request.transport.abort()  # no Close frame: an abnormal closure (1006)
+        return ws
+
+    primary = await serve(drop_after_one_message)
+    proxy = await make_proxy(primary.url, (await serve(ok)).url)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(UPGRADE)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+        writer.write(masked_text_frame(b"hi"))
+        # Nothing but the end of the connection: 1006 must never be sent in a Close frame.
+        assert await reader.read() == b""
+    finally:
+        writer.close()
+
+
+async def test_a_websocket_broken_off_by_the_client_is_broken_off_for_the_primary(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    ended: asyncio.Future[aiohttp.WSMessage] = asyncio.get_running_loop().create_future()
+
+    async def echo(request: web.BaseRequest) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        while (message := await ws.receive()).type is WSMsgType.TEXT:
+            await ws.send_str(message.data)
+        ended.set_result(message)
+        return ws
+
+    primary = await serve(echo)
+    proxy = await make_proxy(primary.url, (await serve(ok)).url)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(UPGRADE)
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(masked_text_frame(b"hi"))
+    assert await reader.readexactly(4) == b"\x81\x02hi"
+    writer.transport.abort()
+    message = await ended
+    # The primary sees its connection end, not a Close frame with the reserved code 1006.
+    assert message.type is WSMsgType.CLOSED
+
+
+async def test_an_invalid_websocket_handshake_is_refused_before_the_primary_sees_it(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    primary = await serve(ok)
+    proxy = await make_proxy(primary.url, (await serve(ok)).url)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(UPGRADE.replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"X: y"))
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Server: shadowproxy" in head.split(b"\r\n")
+    assert b"invalid WebSocket handshake" in body
+    assert primary.seen == []
+
+
+async def test_upgrade_headers_on_a_post_or_an_http10_request_make_no_websocket(
+    serve: Serve, make_proxy: MakeProxy
+) -> None:
+    primary = await serve(ok)
+    proxy = await make_proxy(primary.url, (await serve(ok)).url)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    for request in (
+        UPGRADE.replace(b"GET /ws HTTP/1.1", b"POST /ws HTTP/1.1").replace(
+            b"\r\n\r\n", b"\r\nContent-Length: 2\r\n\r\nhi"
+        ),
+        UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    ):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(request)
+            status = await reader.readline()
+        finally:
+            writer.close()
+        assert status.endswith(b" 200 OK\r\n")
+    # Each reached the primary as the request it was (a relayed upgrade is always a GET).
+    assert [(seen.method, seen.header("Upgrade")) for seen in primary.seen] == [
+        ("POST", None),
+        ("GET", None),
+    ]
+
+
 async def test_server_sent_events_stream_without_buffering(
     serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
