@@ -740,6 +740,12 @@ class LimitsConfig(Model):
     """Request bodies larger than this get 413: by Content-Length before anything reaches
     the primary; a chunked body when it grows past the size, and the primary's request is
     then broken off, never completed. Unset: no cap."""
+    max_websocket_message_bytes: Annotated[int, BeforeValidator(_parse_size), Field(ge=1)] = (
+        16 * MIB
+    )
+    """A WebSocket message (from the client or the primary) at most: each is held whole on
+    its way through. A larger one closes the conversation on both sides with 1009 (message
+    too big)."""
 
 
 # --- the whole file -------------------------------------------------------------------------

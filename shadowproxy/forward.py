@@ -226,6 +226,7 @@ class PrimaryPath:
                     target_url(config.primary, request.raw_path),
                     with_host(headers, config.primary.host),
                     settings.options,
+                    max_message_bytes=config.limits.max_websocket_message_bytes,
                 )
             except websocket.UpgradeRefused as refused:
                 return await self._refused_upgrade(request, refused)

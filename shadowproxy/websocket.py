@@ -96,8 +96,15 @@ async def relay(
     url: URL,
     headers: CIMultiDict[str],
     options: Mapping[str, Any],
+    *,
+    max_message_bytes: int,
 ) -> web.StreamResponse:
-    """Open the upstream WebSocket first, then accept the client's, then pump both ways."""
+    """Open the upstream WebSocket first, then accept the client's, then pump both ways.
+
+    Each message is held whole on its way through, so a side sending one larger than
+    ``max_message_bytes`` has its conversation closed with 1009 (message too big); the other
+    side is closed with the same code.
+    """
     upstream_headers = CIMultiDict(
         (k, v) for k, v in headers.items() if k.lower() not in HANDSHAKE_HEADERS
     )
@@ -108,7 +115,7 @@ async def relay(
             protocols=_protocols(request),
             autoping=False,
             autoclose=False,
-            max_msg_size=0,
+            max_msg_size=max_message_bytes,
             **options,
         )
     except aiohttp.WSServerHandshakeError as error:
@@ -124,7 +131,7 @@ async def relay(
             protocols=(upstream.protocol,) if upstream.protocol else (),
             autoping=False,
             autoclose=False,
-            max_msg_size=0,
+            max_msg_size=max_message_bytes,
         )
         # The primary's own fields on its 101 (a load balancer's cookie, say) reach the client
         # too; aiohttp writes the handshake's.
@@ -171,6 +178,10 @@ async def _pump(
         else:  # CLOSE, CLOSING, CLOSED or ERROR: the conversation is over
             break
     code = source.close_code or NORMAL_CLOSURE
+    if message.type is WSMsgType.ERROR and isinstance(message.data, aiohttp.WebSocketError):
+        # The proxy refused what the source sent (1009 too big, 1002 not the protocol) and
+        # told it so; aiohttp reports the end as abnormal, but the sink is told the reason.
+        code = message.data.code
     if code == ABNORMAL_CLOSURE:
         # The source's connection broke off without a Close frame, and 1006 must never be sent
         # in one (RFC 6455, section 7.4.1): the sink's is broken off too, so its peer sees the

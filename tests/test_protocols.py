@@ -221,6 +221,42 @@ async def test_websocket_close_reason_passes_both_ways(
     assert await closed_by_client.get() == (4002, "client leaves")
 
 
+async def test_a_websocket_message_over_the_limit_closes_both_sides_with_1009(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """Messages are held whole on their way through: their size is bounded."""
+    primary_saw: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
+
+    async def echo(request: web.BaseRequest) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        while (message := await ws.receive()).type is WSMsgType.TEXT:
+            await ws.send_str(message.data * (1 if len(message.data) < 10 else 200))
+        await primary_saw.put(message)
+        return ws
+
+    primary = await serve(echo)
+    proxy = await make_proxy(
+        primary.url,
+        (await serve(ok)).url,
+        limits={"max_websocket_message_bytes": "1 KiB"},
+    )
+    # The client sends too much: it is told 1009, and the primary gets the same close.
+    async with client.ws_connect(proxy.url + "/ws", max_msg_size=0) as ws:
+        await ws.send_str("small")
+        assert (await ws.receive()).data == "small"
+        await ws.send_str("x" * 2000)
+        message = await ws.receive()
+        assert (message.type, ws.close_code) == (WSMsgType.CLOSE, 1009)
+    closed = await primary_saw.get()
+    assert (closed.type, closed.data) == (WSMsgType.CLOSE, 1009)
+    # The primary sends too much: the client is told 1009 too.
+    async with client.ws_connect(proxy.url + "/ws", max_msg_size=0) as ws:
+        await ws.send_str("y" * 10)  # answered 200 times over: 2,000 bytes
+        message = await ws.receive()
+        assert (message.type, ws.close_code) == (WSMsgType.CLOSE, 1009)
+
+
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
