@@ -11,6 +11,7 @@ top of it, cheaply, per connection:
 - heads over ``limits.max_header_size`` per line or ``limits.max_headers`` fields get 431;
 - every request aiohttp cannot parse gets a short JSON answer (400, or 431) and the connection
   closes: no traceback, no echo of what the client sent, nothing forwarded;
+- a request in another HTTP version than 1.0 and 1.1 gets 505;
 - a request whose target is not a path (``GET http://host/x``, ``CONNECT host:443``), whose
   body uses a transfer coding other than chunked alone, or whose WebSocket handshake is not
   valid is refused before the primary sees it.
@@ -24,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadStatusLine,
@@ -50,6 +51,7 @@ LISTENER_LOGGER = logging.getLogger("shadowproxy.listener")
 
 # What llhttp and aiohttp's parser say when a head has more fields than allowed.
 _TOO_MANY_HEADERS = "Too many headers received"
+SERVED_VERSIONS = (HttpVersion10, HttpVersion11)
 # Rejected requests are reported in the operational log at most this often, with a count.
 REJECTION_REPORT_INTERVAL = 10.0
 # Written as is when a head does not arrive in time: nothing else was sent on the connection.
@@ -121,6 +123,12 @@ def classify_parse_error(error: HttpProcessingError, limits: LimitsConfig) -> tu
 
 def _target_problem(request: web.BaseRequest) -> tuple[int, str, str] | None:
     """Why this request must not be forwarded, or None."""
+    if request.version not in SERVED_VERSIONS:
+        # llhttp lets an HTTP/0.9 line or an "HTTP/2.0" one through; relayed, the primary's
+        # answer would go back under that version's status line. (This answer's status line
+        # is in the request's version too: aiohttp writes it so.)
+        detail = "only HTTP/1.0 and HTTP/1.1 are served"
+        return 505, "http_version_not_supported", detail
     target = request.raw_path
     # Besides paths, the asterisk-form: OPTIONS about the server as a whole (RFC 9112,
     # section 3.2.4).

@@ -122,6 +122,24 @@ async def test_malformed_requests_get_an_answer_and_reach_nobody(
     assert_no_traceback(caplog)
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GET /\r\n\r\n", b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"],
+    ids=["http/0.9 simple request", "http/0.9", "http/2.0 in an http/1 request line"],
+)
+async def test_other_http_versions_get_505_and_reach_nobody(
+    request_bytes: bytes, backends: tuple[Backend, Backend], make_proxy: MakeProxy
+) -> None:
+    primary, candidate = backends
+    proxy = await make_proxy(primary.url, candidate.url)
+    answer = await exchange(proxy.url, request_bytes)
+    assert answer.head.split(b" ", 2)[1] == b"505", answer.data  # in the request's version
+    assert error_of(answer) == "http_version_not_supported"
+    assert answer.closed
+    await still_serving(proxy.url)
+    assert [s.raw_path for s in primary.seen] == ["/"]  # only still_serving's
+
+
 SMUGGLING = {
     "cl then te": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n",
