@@ -15,6 +15,7 @@ from pathlib import Path
 from shadowproxy import __version__, argtypes, channel, oplog, signals
 from shadowproxy.config import (
     ENV_CONFIG,
+    Backend,
     Config,
     ConfigError,
     parse_config_text,
@@ -140,10 +141,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_USAGE
     config, _ = loaded
+    problems = config.unreadable_files() or _tls_problems(config)
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
     for warning in config.warnings():
         print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"{path}: ok (digest {config.digest()})")
     return EXIT_OK
+
+
+def _tls_problems(config: Config) -> list[str]:
+    """What start-up would refuse in the certificates and keys the config names: a file
+    that is not PEM, a key that does not match its certificate."""
+    from shadowproxy.server import listener_tls_context
+    from shadowproxy.upstream import tls_context
+
+    problems = []
+    if config.listen_tls is not None:
+        try:
+            listener_tls_context(config.listen_tls)
+        except OSError as error:
+            problems.append(str(error))
+    for name in ("primary", "candidate", "secondary"):
+        backend: Backend | None = getattr(config, name)
+        if backend is not None:
+            try:
+                tls_context(backend, name)
+            except OSError as error:
+                problems.append(str(error))
+    return problems
 
 
 HEALTHCHECK_TIMEOUT = 4.0

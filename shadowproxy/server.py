@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shadowproxy import channel, oplog, signals, websocket
+from shadowproxy import channel, oplog, signals, tlsfiles, websocket
 from shadowproxy.admin import LiveReport, build_admin_app
 from shadowproxy.capture import CaptureSink, worker_path
 from shadowproxy.compare import Comparer
@@ -52,36 +52,11 @@ ANNOUNCE_TIMEOUT = 1.0
 
 
 def listener_tls_context(listener: TLSListener) -> ssl.SSLContext:
-    """The HTTPS listener's context. A pair that cannot be loaded raises an `OSError` naming
-    the config key and the file at fault: ssl's own message ("[SSL] PEM lib") names neither."""
+    """The HTTPS listener's context; a pair that cannot be loaded raises an `OSError` naming
+    the config key and the file at fault."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        # With a password callback an encrypted key fails at once; without one, OpenSSL asks
-        # for a passphrase on the terminal, and a reload would wait on the event loop for it.
-        context.load_cert_chain(listener.cert_file, listener.key_file, password=lambda: b"")
-    except OSError as error:  # ssl.SSLError included
-        raise OSError(_tls_pair_problem(listener, error)) from None
+    tlsfiles.load_pair(context, listener.cert_file, listener.key_file, "listen_tls")
     return context
-
-
-def _tls_pair_problem(listener: TLSListener, error: OSError) -> str:
-    cert = f"listen_tls.cert_file: {listener.cert_file}"
-    key = f"listen_tls.key_file: {listener.key_file}"
-    if not isinstance(error, ssl.SSLError):  # a file that cannot be read (gone since the start)
-        for name, path in ((cert, listener.cert_file), (key, listener.key_file)):
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as unreadable:
-                return f"{name}: {unreadable.strerror or unreadable}"
-        return f"{cert}, {key}: {error.strerror or error}"
-    if error.reason == "KEY_VALUES_MISMATCH":
-        return f"{key}: not the private key of listen_tls.cert_file"
-    try:
-        ssl.create_default_context().load_verify_locations(cafile=listener.cert_file)
-    except ssl.SSLError:
-        return f"{cert}: not a PEM certificate"
-    return f"{key}: not a PEM private key, or one encrypted with a passphrase (not supported)"
 
 
 def address_text(host: str, port: int) -> str:
@@ -179,14 +154,23 @@ class Proxy:
         built.push_async_callback(self.writer.close)
         opened = self.metrics.connections
         self.primary_pool = make_pool(
-            config.primary, timing=Timing.IDLE, on_connect=opened.labels("primary").inc
+            config.primary,
+            name="primary",
+            timing=Timing.IDLE,
+            on_connect=opened.labels("primary").inc,
         )
         self.candidate_pool = make_pool(
-            config.candidate, timing=Timing.TOTAL, on_connect=opened.labels("candidate").inc
+            config.candidate,
+            name="candidate",
+            timing=Timing.TOTAL,
+            on_connect=opened.labels("candidate").inc,
         )
         self.secondary_pool = (
             make_pool(
-                config.secondary, timing=Timing.TOTAL, on_connect=opened.labels("secondary").inc
+                config.secondary,
+                name="secondary",
+                timing=Timing.TOTAL,
+                on_connect=opened.labels("secondary").inc,
             )
             if config.secondary
             else None
@@ -196,7 +180,10 @@ class Proxy:
                 built.push_async_callback(pool.close)
         # WebSocket upgrades are relayed by aiohttp's client; it opens no connection until one.
         self.websocket_session = make_session(
-            config.primary, stream_timeout=True, trace_configs=[websocket.refuse_redirects()]
+            config.primary,
+            name="primary",
+            stream_timeout=True,
+            trace_configs=[websocket.refuse_redirects()],
         )
         built.push_async_callback(self.websocket_session.close)
         self.noise = NoiseFilter(config, self.worker, self.log)

@@ -16,6 +16,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from shadowproxy import tlsfiles
 from shadowproxy.bounded import BoundedCopy
 from shadowproxy.config import Backend
 from shadowproxy.exchange import Failure, FailureKind, Response
@@ -49,14 +50,19 @@ class PassthroughRequest(aiohttp.ClientRequest):
         self._skip_auto_headers = _SKIP_ALL
 
 
-def tls_context(backend: Backend) -> ssl.SSLContext | None:
-    """Verification on by default; a custom CA bundle and a client certificate when set."""
+def tls_context(backend: Backend, name: str) -> ssl.SSLContext | None:
+    """Verification on by default; a custom CA bundle and a client certificate when set.
+    ``name`` is the backend's key in the config, which errors name."""
     if not backend.url.startswith("https://"):
         return None
     tls = backend.tls
-    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.ca_file is None:
+        context = ssl.create_default_context()
+    else:  # that bundle only, not the system's too
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tlsfiles.load_ca(context, tls.ca_file, f"{name}.tls.ca_file")
     if tls.cert_file is not None:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
+        tlsfiles.load_pair(context, tls.cert_file, tls.key_file, f"{name}.tls")
     if tls.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -78,13 +84,18 @@ def request_options(backend: Backend) -> dict[str, Any]:
 
 
 def make_pool(
-    backend: Backend, *, timing: Timing, on_connect: Callable[[], object] | None = None
+    backend: Backend,
+    *,
+    name: str,
+    timing: Timing,
+    on_connect: Callable[[], object] | None = None,
 ) -> Pool:
-    """The connection pool for one backend, with its TLS settings."""
+    """The connection pool for one backend (``name``: its key in the config), with its TLS
+    settings."""
     return Pool(
         backend,
         timing=timing,
-        ssl_context=tls_context(backend),
+        ssl_context=tls_context(backend, name),
         server_hostname=server_hostname(backend),
         on_connect=on_connect,
     )
@@ -93,6 +104,7 @@ def make_pool(
 def make_session(
     backend: Backend,
     *,
+    name: str,
     stream_timeout: bool,
     trace_configs: list[aiohttp.TraceConfig] | None = None,
 ) -> aiohttp.ClientSession:
@@ -114,7 +126,7 @@ def make_session(
             limit_per_host=0,
             keepalive_timeout=backend.keepalive_timeout,
             ttl_dns_cache=60,
-            ssl=tls_context(backend) or True,
+            ssl=tls_context(backend, name) or True,
         )
     if stream_timeout:
         timeout = aiohttp.ClientTimeout(

@@ -25,7 +25,9 @@ async def test_no_header_is_added(
     serve: Serve, stream_timeout: bool, method: str, body: bytes | None
 ) -> None:
     backend = await serve(ok)
-    session = make_session(BackendConfig(url=backend.url), stream_timeout=stream_timeout)
+    session = make_session(
+        BackendConfig(url=backend.url), name="primary", stream_timeout=stream_timeout
+    )
     headers = CIMultiDict([("Host", "shop.example"), ("X-Thing", "1")])
     try:
         async with session.request(
@@ -47,7 +49,7 @@ async def test_no_header_is_added(
 
 async def test_headers_the_client_sent_are_kept(serve: Serve) -> None:
     backend = await serve(ok)
-    session = make_session(BackendConfig(url=backend.url), stream_timeout=True)
+    session = make_session(BackendConfig(url=backend.url), name="primary", stream_timeout=True)
     sent = CIMultiDict(
         [
             ("Host", "h"),

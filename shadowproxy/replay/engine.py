@@ -245,7 +245,7 @@ class Replayer:
             ("secondary", self.targets.secondary),
         ):
             if backend is not None:
-                self._pools[name] = make_pool(backend, timing=Timing.TOTAL)
+                self._pools[name] = make_pool(backend, name=name, timing=Timing.TOTAL)
         slots = asyncio.Semaphore(self._concurrency)
         tasks = self._in_flight
         loop = asyncio.get_running_loop()

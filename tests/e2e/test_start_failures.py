@@ -90,3 +90,51 @@ def test_a_tls_pair_that_cannot_be_loaded_names_the_key_at_fault(
             "key_file": str(key_file),
         }
         assert_clean_failure(run(tmp_path, 1, listen_tls=listener), reason)
+
+
+def test_an_upstream_tls_file_that_cannot_be_loaded_names_the_key_at_fault(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    identity = ca.issue_cert("client")
+    cert, key, junk = tmp_path / "client.crt", tmp_path / "client.key", tmp_path / "junk.pem"
+    identity.cert_chain_pems[0].write_to_path(str(cert))
+    identity.private_key_pem.write_to_path(str(key))
+    junk.write_text("not a certificate\n")
+    for tls, reason in (
+        ({"ca_file": str(junk)}, f"candidate.tls.ca_file: {junk}: no PEM certificate in it"),
+        (
+            {"cert_file": str(junk), "key_file": str(key)},
+            f"candidate.tls.cert_file: {junk}: not a PEM certificate",
+        ),
+        (
+            {"cert_file": str(cert), "key_file": str(cert)},
+            f"candidate.tls.key_file: {cert}: not a PEM private key",
+        ),
+    ):
+        candidate = {"url": "https://127.0.0.1:2", "tls": tls}
+        assert_clean_failure(run(tmp_path, 1, candidate=candidate), reason)
+
+
+def test_check_config_finds_what_start_up_would_refuse_in_tls_files(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    identity = ca.issue_cert("127.0.0.1")
+    cert, key, other_key = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "other.key"
+    identity.cert_chain_pems[0].write_to_path(str(cert))
+    identity.private_key_pem.write_to_path(str(key))
+    ca.issue_cert("elsewhere").private_key_pem.write_to_path(str(other_key))
+    path = tmp_path / "config.yaml"
+    base = {"primary": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}}
+    for key_file, reason in (
+        (other_key, f"listen_tls.key_file: {other_key}: not the private key of"),
+        (tmp_path / "absent.key", "listen_tls.key_file: "),
+    ):
+        listener = {"address": "127.0.0.1:0", "cert_file": str(cert), "key_file": str(key_file)}
+        path.write_text(yaml.safe_dump({**base, "listen_tls": listener}))
+        result = run_cli("check-config", str(path))
+        assert result.returncode == 2, result.stdout
+        assert reason in result.stderr
+        assert "Traceback" not in result.stderr
+    listener = {"address": "127.0.0.1:0", "cert_file": str(cert), "key_file": str(key)}
+    path.write_text(yaml.safe_dump({**base, "listen_tls": listener}))
+    assert run_cli("check-config", str(path)).returncode == 0
