@@ -26,12 +26,13 @@ from shadowproxy.protection import Clock, TokenBucket
 REBALANCE_INTERVAL = 0.5
 """Seconds between a worker's looks at the board."""
 STALE_AFTER = 2.0
-"""A slot not written for this long is a worker with nothing to mirror (or not running)."""
+"""A slot not written for this long is a worker with nothing to mirror (or not running),
+unless its share is so small that its bucket takes longer to fill (see ``DemandBoard.say``)."""
 IDLE_FLOOR = 0.1
 """Part of an even split that any worker keeps, so a worker whose traffic has just begun
 mirrors some of it before its next look at the board."""
 
-_SLOT = struct.Struct("=dd")  # demand per second, when it was written (CLOCK_MONOTONIC)
+_SLOT = struct.Struct("=dd")  # demand per second, until when others count it (CLOCK_MONOTONIC)
 
 
 def fair_shares(total: float, demands: Sequence[float]) -> list[float]:
@@ -68,15 +69,22 @@ class DemandBoard:
         """The supervisor's part: a file of empty slots, before any worker starts."""
         path.write_bytes(bytes(_SLOT.size * workers))
 
-    def say(self, demand: float, now: float) -> None:
-        _SLOT.pack_into(self._map, _SLOT.size * self.index, demand, now)
+    def say(self, demand: float, share: float, now: float) -> None:
+        """This worker's demand, counted by the others until its bucket would be full.
+
+        Until then it saves tokens at ``share`` and spends them at its next request, however
+        late that comes: were the others to take its part sooner, the sum would pass the
+        total. A bucket holds ``max(1, share)``, so a share below one per ``STALE_AFTER``
+        (a small ``max_rps`` over many workers) takes longer than that to fill."""
+        counts_for = max(STALE_AFTER, 1 / share)
+        _SLOT.pack_into(self._map, _SLOT.size * self.index, demand, now + counts_for)
 
     def demands(self, now: float) -> list[float]:
-        """Each worker's demand; 0 for a slot older than ``STALE_AFTER`` or never written."""
+        """Each worker's demand; 0 for a slot no longer counted, or never written."""
         out = []
         for i in range(self.workers):
-            demand, stamp = _SLOT.unpack_from(self._map, _SLOT.size * i)
-            out.append(demand if stamp > 0 and now - stamp <= STALE_AFTER else 0.0)
+            demand, until = _SLOT.unpack_from(self._map, _SLOT.size * i)
+            out.append(demand if now <= until else 0.0)
         return out
 
     def close(self) -> None:
@@ -126,8 +134,10 @@ class SharedRate:
     def _rebalance(self, now: float) -> None:
         assert self._board is not None
         board = self._board
-        board.say(self._asked / (now - self._since), now)
+        demands = board.demands(now)
+        demands[board.index] = demand = self._asked / (now - self._since)
         self._asked, self._since = 0, now
         floor = self._total / self._workers * IDLE_FLOOR
-        demands = [max(floor, demand) for demand in board.demands(now)]
-        self._bucket.set_rate(fair_shares(self._total, demands)[board.index])
+        share = fair_shares(self._total, [max(floor, d) for d in demands])[board.index]
+        board.say(demand, share, now)
+        self._bucket.set_rate(share)

@@ -55,11 +55,14 @@ def test_board_slots_are_shared_through_the_file(tmp_path: Path) -> None:
     path = tmp_path / "demand"
     DemandBoard.create(path, 3)
     first, third = DemandBoard(path, 3, 0), DemandBoard(path, 3, 2)
-    first.say(12.5, now=100.0)
-    third.say(3.0, now=100.5)
+    first.say(12.5, share=20.0, now=100.0)
+    third.say(3.0, share=0.1, now=100.5)
     assert third.demands(now=101.0) == [12.5, 0.0, 3.0]
-    # A worker that has said nothing for a while is taken as idle.
+    # A worker that has said nothing for a while is taken as idle...
     assert first.demands(now=100.0 + STALE_AFTER + 0.1) == [0.0, 0.0, 3.0]
+    # ...once its bucket would be full: at 0.1 a second, after 10 s.
+    assert first.demands(now=110.5) == [0.0, 0.0, 3.0]
+    assert first.demands(now=110.6) == [0.0, 0.0, 0.0]
     first.close()
     third.close()
 
@@ -124,6 +127,27 @@ def test_steady_shares_add_up_to_the_total(tmp_path: Path, per_second: int) -> N
     # Each asks a third of the time, so its demand is a third of its load; the smallest
     # one is served whole.
     assert rates[2].rate >= 7 / 3 * 0.98
+
+
+def test_workers_asked_less_often_than_stale_after_stay_within_the_total(
+    tmp_path: Path,
+) -> None:
+    """A small max_rps over many workers, each asked once every few seconds: each saves
+    tokens at its share between its requests, so the others must count it all that time."""
+    workers, total, gap, rounds = 8, 0.1, 4.0, 500
+    path = tmp_path / "demand"
+    DemandBoard.create(path, workers)
+    clock = FakeClock()
+    rates = [
+        SharedRate(total, board=DemandBoard(path, workers, i), clock=clock) for i in range(workers)
+    ]
+    start, allowed = clock.now, 0
+    for turn in range(rounds):
+        for i, rate in enumerate(rates):  # in turn, evenly spread over the gap
+            clock.now = start + (turn + i / workers) * gap
+            allowed += rate.take()
+    # The total over the whole time, and each worker's first token.
+    assert allowed <= total * rounds * gap + workers
 
 
 def test_a_reloaded_total_keeps_each_share_in_proportion(tmp_path: Path) -> None:
