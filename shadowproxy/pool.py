@@ -48,6 +48,9 @@ BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 # any byte of the answer came back: the backend closed it while idle. Only for these.
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 NO_BODY_STATUSES: Final = frozenset({204, 304})
+# A bytes body up to this size is sent in one write with its head (one packet); a larger one
+# is written as it is, not copied.
+JOIN_BYTES: Final = 64 * 1024
 # How long a backend's resolved addresses are used before the name is resolved again (as
 # aiohttp's client did); a failed connection forgets them at once.
 DNS_TTL: Final = 60.0
@@ -651,7 +654,13 @@ class Pool:
             connection.current = response
             response.start_timer(self.timing, self._timeout, deadline)
             if body is None or isinstance(body, bytes):
-                connection.write(head + body if body else head)
+                if body is not None and len(body) > JOIN_BYTES:
+                    # The caller's own object goes out: joined to the head it would be a
+                    # copy, held besides the caller's while a slow backend reads it.
+                    connection.write(head)
+                    connection.write(body)
+                else:
+                    connection.write(head + body if body else head)
                 response.request_sent = True
             else:
                 connection.write(head)
