@@ -134,7 +134,10 @@ async def test_large_bodies_stream_with_bounded_memory(
     primary = await serve(big, read_body=False)
     candidate = await serve(json_handler({}))
     proxy = await start_proxy(
-        primary.url, candidate.url, mirror={"methods": ["GET", "POST"], "max_body_bytes": "1MiB"}
+        primary.url,
+        candidate.url,
+        args=("--workers", "1"),  # the process measured is the one that serves
+        mirror={"methods": ["GET", "POST"], "max_body_bytes": "1MiB"},
     )
     watcher = _PeakMemory(proxy)
     async with watcher:
