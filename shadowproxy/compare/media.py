@@ -49,8 +49,10 @@ def charset(content_type: str | None) -> str:
                 value = value.strip().strip('"')
                 try:
                     name = codecs.lookup(value).name
-                    b"a".decode(name, "replace")  # refuses codecs that are not text (base64)
-                except LookupError:
+                    # Refuses codecs that are not text (base64), and those that raise even
+                    # with "replace" (idna, punycode, undefined): a body must always decode.
+                    b"a\xff".decode(name, "replace")
+                except (LookupError, UnicodeError):
                     break
                 return name
     return DEFAULT_CHARSET
