@@ -67,6 +67,11 @@ def _value_weight(value: Any) -> int:
     return 16
 
 
+def _key_weight(key: Key) -> int:
+    """The header values a key holds: a backend may send kilobytes of them."""
+    return sum(len(text) for text in key[1:4] if text is not None)
+
+
 class Deferred:
     """Remembered: this pair goes to a worker (large once decoded, or text for difflib)."""
 
@@ -125,7 +130,7 @@ class BodyMemo:
         return part
 
     def put(self, key: Key, part: BodyPart | Deferred) -> None:
-        weight = part.weight if isinstance(part, BodyPart) else ENTRY_WEIGHT
+        weight = (part.weight if isinstance(part, BodyPart) else ENTRY_WEIGHT) + _key_weight(key)
         if weight > self._max_weight or key in self._entries:
             return
         self._weight += weight

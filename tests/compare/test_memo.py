@@ -147,6 +147,15 @@ def test_the_memo_is_bounded_in_entries_and_weight() -> None:
     assert memo.hits == 1
 
 
+def test_header_values_in_keys_count_toward_the_weight() -> None:
+    memo = BodyMemo(max_weight=100_000)
+    media = "text/plain; note=" + "x" * 8000  # a header field may be this long
+    for i in range(100):
+        quick_compare(response(f"a{i}\n", media), response(f"b{i}\n", media), rules(), memo)
+    assert len(memo) * len(media) <= 100_000
+    assert memo.weight <= 100_000
+
+
 @pytest.mark.timeout(30)
 async def test_a_reload_forgets_what_the_old_rules_decided() -> None:
     comparer = Comparer(DiffConfig.model_validate({"workers": 0}))
