@@ -69,7 +69,9 @@ def _small_decoded(response: Response) -> bytes | None:
         return None  # the engine decodes again and notes why it failed
 
 
-def _bodies(primary: Response, candidate: Response) -> tuple[_Bodies, tuple[Any, Any] | None]:
+def _bodies(
+    primary: Response, candidate: Response, rules: CompiledRules
+) -> tuple[_Bodies, tuple[Any, Any] | None]:
     """How the bodies compare at a glance, and both as parsed JSON when they were parsed."""
     if primary.body == candidate.body and list_value(
         primary.headers, "content-encoding"
@@ -98,7 +100,9 @@ def _bodies(primary: Response, candidate: Response) -> tuple[_Bodies, tuple[Any,
                 pass
     small = max(len(body_p), len(body_c)) <= INLINE_ENGINE_MAX_BYTES
     maybe_text = declared is BodyKind.TEXT or (declared is None and not json_like)
-    return (_Bodies.SMALL if small and not maybe_text else _Bodies.LARGE), parsed
+    # Small is not cheap when unordered arrays may nest deep: that diff is for a worker.
+    costly = parsed is not None and rules.paths.unordered_at_any_depth
+    return (_Bodies.SMALL if small and not maybe_text and not costly else _Bodies.LARGE), parsed
 
 
 def _with_head(
@@ -125,7 +129,7 @@ def _with_head(
 
 def _body_part(primary: Response, candidate: Response, rules: CompiledRules) -> BodyPart | None:
     """The body half of the comparison when it is cheap to get, else None (for a worker)."""
-    bodies, parsed = _bodies(primary, candidate)
+    bodies, parsed = _bodies(primary, candidate, rules)
     if bodies is _Bodies.LARGE:
         return None
     if bodies is _Bodies.EQUAL:

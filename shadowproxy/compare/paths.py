@@ -88,6 +88,13 @@ class PathMatcher:
         self.tokens: tuple[tuple[str, ...], ...] = tuple(
             tuple(split(rule.pattern)) for rule in self.rules
         )
+        self.unordered_at_any_depth = any(
+            rule.unordered and ANY_DEPTH in tokens
+            for rule, tokens in zip(self.rules, self.tokens, strict=True)
+        )
+        """Whether arrays may be unordered nested in each other without bound (a ``**``
+        pattern): each level matches its elements again, and the diff's time grows faster
+        than the document (seconds for 16 KB nested a few hundred deep)."""
         self._states: dict[frozenset[Position], State] = {}
         self.start: State | None = self._state(
             self._closure((r, 0) for r in range(len(self.rules)))

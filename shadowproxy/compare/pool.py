@@ -5,7 +5,7 @@ bodies, any pair of small bodies its `BodyMemo` has seen) never leaves the event
 rest waits for a worker in a bounded queue (``diff.max_queue``, counting those queued and
 those running); when it is full the comparison is skipped and `compare` returns None for the
 caller to count. Workers are processes (``diff.workers``), or one thread when
-``diff.workers`` is 0.
+``diff.workers`` is 0. A worker process spends at most `TIME_LIMIT` on one comparison.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from typing import Any
 import structlog
 
 from shadowproxy.compare import engine
+from shadowproxy.compare.binary import compare_binary
+from shadowproxy.compare.collect import Collector
 from shadowproxy.compare.fast import quick_compare
+from shadowproxy.compare.media import BodyKind
 from shadowproxy.compare.memo import BodyMemo
 from shadowproxy.compare.model import Comparison, matching
 from shadowproxy.compare.rules import CompiledRules, RuleBook
@@ -41,13 +44,29 @@ CLOSE_GRACE = 1.0
 """Seconds `close` lets pending comparisons finish before worker processes are terminated."""
 JOIN_TIMEOUT = 2.0
 """Seconds to wait for terminated workers to exit; they are killed after that."""
+TIME_LIMIT = 10.0
+"""Seconds a worker process may spend on one comparison (a 40 MB document needs a few);
+past it the bodies are compared as bytes, with a note. Without it one pathological pair
+(deeply nested arrays under an ``unordered: ["/**"]`` rule) would hold the worker, and every
+comparison queued behind it, for minutes."""
+TIMED_OUT = "compare_timed_out"
+"""The note on a comparison cut at `TIME_LIMIT`."""
 
 log = structlog.get_logger(__name__)
+
+
+class _OutOfTime(BaseException):
+    """Raised in a worker process by SIGALRM, when `run_engine`'s time is up."""
+
+
+def _out_of_time(signum: int, frame: object) -> None:
+    raise _OutOfTime
 
 
 def _worker_init() -> None:
     # A Ctrl-C goes to the whole process group; only the parent should act on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _out_of_time)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(
@@ -70,8 +89,11 @@ def _ready() -> bool:
     return True
 
 
-def run_engine(primary: Response, other: Response, rules: CompiledRules) -> Comparison:
-    """`engine.compare` as a worker process runs it: without the cyclic garbage collector.
+def run_engine(
+    primary: Response, other: Response, rules: CompiledRules, time_limit: float = TIME_LIMIT
+) -> Comparison:
+    """`engine.compare` as a worker process runs it: within ``time_limit`` seconds, and
+    without the cyclic garbage collector.
 
     Parsing a large document allocates millions of objects, and every collection would walk
     them all, doubling the time of a 5 MB diff. Parsed JSON holds no reference cycles, so
@@ -80,10 +102,27 @@ def run_engine(primary: Response, other: Response, rules: CompiledRules) -> Comp
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return engine.compare(primary, other, rules)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, time_limit)
+            return engine.compare(primary, other, rules)
+        finally:
+            # Inside the outer try: an alarm that fires just before it is disarmed is caught.
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _OutOfTime:
+        return as_bytes(primary, other, rules, TIMED_OUT)
     finally:
         if enabled:
             gc.enable()
+
+
+def as_bytes(primary: Response, other: Response, rules: CompiledRules, note: str) -> Comparison:
+    """Status, headers, and the bodies by size and SHA-256, with ``note`` saying why: what
+    is known when the detailed comparison could not be finished."""
+    out = Collector(rules.max_differences)
+    engine.compare_head(primary, other, rules, out)
+    compare_binary(primary.body, other.body, out)
+    out.note(note)
+    return engine.result(out, BodyKind.BINARY)
 
 
 def _mp_context() -> Any:
@@ -104,11 +143,15 @@ def _new_executor(workers: int) -> Executor:
 class Comparer:
     """Compares mirrored responses without blocking the event loop for long."""
 
-    def __init__(self, diff: DiffConfig) -> None:
+    def __init__(self, diff: DiffConfig, time_limit: float = TIME_LIMIT) -> None:
         self._diff = diff
+        self._time_limit = time_limit
         self._book = RuleBook.from_config(diff)
         self._memo = BodyMemo()
         self._executor: Executor | None = None
+        self._retired: list[Any] = []
+        """Worker processes of pools replaced on reload, still finishing their work: `close`
+        stops them too, or the interpreter's exit would wait for them."""
         self._pending: set[asyncio.Future[Comparison]] = set()
         self._closed = False
 
@@ -153,6 +196,7 @@ class Comparer:
         self._memo = BodyMemo()  # filled under the old rules
         if self._executor is not None and diff.workers != old_workers:
             old, self._executor = self._executor, _new_executor(diff.workers)
+            self._retired = [p for p in self._retired if p.is_alive()] + _processes(old)
             old.shutdown(wait=False)
 
     async def compare(self, endpoint: str, primary: Response, other: Response) -> Comparison | None:
@@ -199,13 +243,14 @@ class Comparer:
         match = matching(result.body_kind)
         return match if result == match else result
 
-    @staticmethod
     def _submit(
-        executor: Executor, primary: Response, other: Response, rules: CompiledRules
+        self, executor: Executor, primary: Response, other: Response, rules: CompiledRules
     ) -> Future[Comparison]:
-        # gc.disable() is process-wide: only a worker process may run without the collector.
-        run = run_engine if isinstance(executor, ProcessPoolExecutor) else engine.compare
-        return executor.submit(run, primary, other, rules)
+        # gc.disable() is process-wide and signals reach only a main thread: only a worker
+        # process may run without the collector, and within a time limit.
+        if isinstance(executor, ProcessPoolExecutor):
+            return executor.submit(run_engine, primary, other, rules, self._time_limit)
+        return executor.submit(engine.compare, primary, other, rules)
 
     def _replace_broken(self, broken: Executor) -> Executor:
         """A worker died (killed, out of memory): its pool is unusable, start another."""
@@ -225,12 +270,18 @@ class Comparer:
             return
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=grace)
-        processes: list[Any] = []
-        if isinstance(executor, ProcessPoolExecutor):
-            processes = list((executor._processes or {}).values())
+        processes = _processes(executor) + self._retired
+        self._retired = []
         executor.shutdown(wait=False, cancel_futures=True)
         if processes:
             await asyncio.to_thread(_stop_processes, processes)
+
+
+def _processes(executor: Executor) -> list[Any]:
+    """The worker processes of a process pool; none for the thread."""
+    if isinstance(executor, ProcessPoolExecutor):
+        return list((executor._processes or {}).values())
+    return []
 
 
 def _stop_processes(processes: list[Any]) -> None:

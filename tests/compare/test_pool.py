@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from shadowproxy.compare import Comparer, Comparison, matching
-from shadowproxy.compare.fast import INLINE_ENGINE_MAX_BYTES
+from shadowproxy.compare.fast import INLINE_ENGINE_MAX_BYTES, quick_compare
+from shadowproxy.compare.pool import TIMED_OUT
 from shadowproxy.config import DiffConfig
 
-from .support import paths, response
+from .support import paths, response, rules
 
 ENDPOINT = "GET /things/{id}"
 # Large enough that a difference goes to a worker rather than being diffed inline.
@@ -30,6 +31,18 @@ def big_pair() -> tuple[Any, Any]:
     records = [{"id": i, "name": f"record {i}", "values": list(range(20))} for i in range(25_000)]
     changed = [dict(r, name="renamed") if i % 1000 == 0 else r for i, r in enumerate(records)]
     return response(records), response(changed)
+
+
+def nested_pair(depth: int, count: int) -> tuple[Any, Any]:
+    """``count`` arrays each nested ``depth`` deep, differing at the bottom: under an
+    ``unordered: ["/**"]`` rule each level matches its elements again, so the diff takes time
+    far beyond its size (seconds for 16 KB)."""
+
+    def chains(leaf: str) -> bytes:
+        chain = "[" * depth + leaf + ",0]" * depth
+        return ("[" + ",".join([chain] * count) + "]").encode()
+
+    return response(chains("1")), response(chains("2"))
 
 
 def config(**diff: Any) -> DiffConfig:
@@ -149,3 +162,44 @@ async def test_a_dead_worker_is_replaced(comparer: Comparer) -> None:
 async def test_compare_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="start"):
         await Comparer(config()).compare(ENDPOINT, SMALL_A, SMALL_B)
+
+
+async def test_a_comparison_past_the_time_limit_is_compared_as_bytes() -> None:
+    comparer = Comparer(config(workers=1, unordered=["/**"]), time_limit=0.2)
+    await comparer.start()
+    try:
+        slow_a, slow_b = nested_pair(200, 200)  # minutes without a limit
+        result = await comparer.compare(ENDPOINT, slow_a, slow_b)
+        assert result is not None
+        assert (result.body_kind, result.total, result.notes) == ("binary", 1, (TIMED_OUT,))
+        # The worker is free again, for what comes next.
+        after = await comparer.compare(ENDPOINT, SMALL_A, SMALL_B)
+        assert after is not None
+        assert paths(after) == {("/a", "changed")}
+    finally:
+        await comparer.close()
+
+
+async def test_unordered_arrays_at_any_depth_are_not_diffed_inline(comparer: Comparer) -> None:
+    # Small, but seconds to diff: the event loop would stall.
+    deep_a, deep_b = nested_pair(200, 20)
+    assert len(deep_a.body) <= INLINE_ENGINE_MAX_BYTES
+    assert quick_compare(deep_a, deep_b, rules(unordered=["/**"])) is None
+    a, b = response({"xs": [[1], [2]]}), response({"xs": [[3], [1]]})
+    flat = quick_compare(a, b, rules(unordered=["/xs"]))  # nested only as deep as written
+    assert flat is not None
+    assert paths(flat) == {("/xs/1/0", "changed")}
+
+
+async def test_close_stops_the_workers_of_a_pool_replaced_on_reload() -> None:
+    comparer = Comparer(config(workers=1, max_queue=4, unordered=["/**"]))
+    await comparer.start()
+    slow_a, slow_b = nested_pair(200, 200)
+    running = asyncio.create_task(comparer.compare(ENDPOINT, slow_a, slow_b))
+    await let_tasks_submit(comparer, 1)
+    old = worker_processes(comparer)
+    comparer.update(config(workers=2, max_queue=4, unordered=["/**"]))
+    # Else the interpreter's exit would wait for the old pool's comparison to finish.
+    await comparer.close(grace=0)
+    assert not any(p.is_alive() for p in old)
+    assert await running is None
