@@ -64,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("shadowproxy: cannot start:\n" + "\n".join(unreadable), file=sys.stderr)
         return 1
     workers = args.workers if args.workers is not None else available_cores()
+    _hold_standard_streams()
     # Before any thread starts (the operational log's writer): threads inherit the hold, so
     # a SIGHUP during start-up waits for the main thread's handler (see signals.py).
     signals.hold(signal.SIGHUP)
@@ -93,6 +94,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"shadowproxy: cannot start: {error}", file=sys.stderr)
         return 1
     return EXIT_OK
+
+
+def _hold_standard_streams() -> None:
+    """Put ``/dev/null`` on standard input, output or error where the process started with
+    it closed (``>&-``); ``sys.stdout`` stays None, so the log still says it is closed.
+
+    Otherwise the first file or socket opened takes that number: uvloop aborts the process
+    when it closes one of those numbers, and a worker would inherit it as its stream.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+            os.set_inheritable(held, True)
 
 
 def available_cores() -> int:

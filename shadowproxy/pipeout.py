@@ -19,9 +19,12 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 """Bytes a pipe takes in one piece (POSIX guarantees at least 512; Linux 4096)."""
+
+NEWLINE = ord("\n")
 
 LostHandler = Callable[[int, str], None]
 """Called with the records lost and why: on the event loop that made the writer, if any."""
@@ -52,6 +55,46 @@ def line_pieces(data: bytes, limit: int = PIPE_BUF) -> Iterator[bytes]:
         start = cut + 1
 
 
+class Appended(NamedTuple):
+    """What `append_lines` made of a batch."""
+
+    lost: int
+    """Lines that did not reach the file whole."""
+    unended: bool
+    """The file now ends in the middle of a line."""
+    error: OSError | None
+    """Why the rest was not written, if it was not."""
+
+
+def append_lines(fd: int, data: bytes, unended: bool = False) -> Appended:
+    """Write ``data``, whole lines, to a file or device that takes them at once.
+
+    A full disk (or a file size limit) cuts a write short, at any byte. The file is then left
+    ending in a line of its own: the newline after the written part of a line is written at
+    once or, when there is no room for it either, in front of the next batch (``unended``);
+    a record after that never runs into the half of another.
+    """
+    head = b"\n" if unended else b""
+    payload = head + data if head else data
+    view = memoryview(payload)
+    error = None
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as failed:
+        error = failed
+    written = len(payload) - len(view)
+    if written == 0:
+        return Appended(data.count(b"\n"), unended, error)
+    lost = data.count(b"\n", max(written - len(head), 0))
+    if payload[written - 1] != NEWLINE:
+        try:
+            os.write(fd, b"\n")
+        except OSError:
+            return Appended(lost, True, error)
+    return Appended(lost, False, error)
+
+
 class BackgroundWriter:
     """Writes batches to ``fd`` from a thread; never blocks the caller."""
 
@@ -70,6 +113,8 @@ class BackgroundWriter:
         self._queued = 0
         self._closing = False
         self._abandoned = False
+        self._head_written = 0
+        """Lines of the batch at the head of the queue already written: never counted lost."""
         self._thread = threading.Thread(target=self._run, name="shadowproxy-log-out", daemon=True)
         self._thread.start()
 
@@ -111,6 +156,8 @@ class BackgroundWriter:
         with self._lock:
             self._abandoned = True  # a write still blocked in the thread is its last
             left = sum(records for _, records in self._queue)
+            if self._queue:
+                left = max(left - self._head_written, 0)
             self._queue.clear()
             self._queued = 0
             self._idle.notify_all()
@@ -125,6 +172,7 @@ class BackgroundWriter:
                 if not self._queue:
                     return
                 data, records = self._queue[0]
+            written = 0
             try:
                 for piece in line_pieces(data):
                     if self._abandoned:  # the caller may close the fd: write nothing more
@@ -132,12 +180,17 @@ class BackgroundWriter:
                     view = memoryview(piece)
                     while view:
                         view = view[os.write(self._fd, view) :]
+                    written += piece.count(b"\n")
+                    self._head_written = written
             except OSError as error:  # the reader went away (EPIPE), ...
-                self._report(records, error.strerror or "write failed")
+                if self._abandoned:  # close counted what was left
+                    return
+                self._report(max(records - written, 0), error.strerror or "write failed")
             with self._lock:
                 if self._queue and self._queue[0][0] is data:
                     self._queue.popleft()
                     self._queued -= len(data)
+                self._head_written = 0
                 self._idle.notify_all()  # wait_written and wait_below look again
 
     def _report(self, records: int, reason: str) -> None:

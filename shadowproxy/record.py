@@ -35,7 +35,7 @@ from shadowproxy.exchange import Exchange, Failure, Outcome, Response
 from shadowproxy.headers import REDACTED
 from shadowproxy.logsafe import secret_header
 from shadowproxy.oplog import LOSS_REPORT_INTERVAL, ThrottledCount
-from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
+from shadowproxy.pipeout import BackgroundWriter, append_lines, waits_for_reader
 from shadowproxy.redact import Redactor
 
 EXCHANGE_EVENT = "exchange"
@@ -267,6 +267,15 @@ def build_record(
     return record
 
 
+def _failure(error: OSError | None) -> str:
+    """Why lines were not written, for the count of lost records."""
+    if error is None:
+        return "short write"
+    if error.errno == errno.ENOSPC:
+        return "disk full"
+    return error.strerror or "write failed"
+
+
 class _LineSink:
     """The structlog logger at the end of the chain: takes rendered bytes, buffers whole lines."""
 
@@ -332,6 +341,9 @@ class LogWriter:
         self._owns_fd = False
         self._open_failed_at: float | None = None
         self._rotation_paused_until = 0.0
+        self._unended: os.stat_result | None = None
+        """The file a short write left ending in the middle of a line, with no room for its
+        end: the next batch written to it starts with a newline."""
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._pending_records = 0
@@ -475,16 +487,22 @@ class LogWriter:
         if self._max_bytes is not None and not self._rotate_if_full(len(data)):
             self._count_lost(records, "log not open after rotation")
             return
+        appended = append_lines(self._fd, data, self._ends_mid_line())
+        self._unended = None
+        if appended.unended:
+            with contextlib.suppress(OSError):
+                self._unended = os.fstat(self._fd)
+        if appended.lost:
+            self._count_lost(appended.lost, _failure(appended.error))
+
+    def _ends_mid_line(self) -> bool:
+        """Whether the open file is the one a short write left ending in the middle of a line."""
+        if self._unended is None or self._fd is None:
+            return False
         try:
-            written = os.write(self._fd, data)
-            if written != len(data):
-                # A short write happens when the disk fills up; end the partial line so the
-                # next batch starts on a line of its own, and count what did not make it.
-                os.write(self._fd, b"\n")
-                self._count_lost(data.count(b"\n", written), "short write")
-        except OSError as error:
-            reason = "disk full" if error.errno == errno.ENOSPC else error.strerror
-            self._count_lost(records, reason or "write failed")
+            return os.path.samestat(os.fstat(self._fd), self._unended)
+        except OSError:
+            return False
 
     def _rotate_if_full(self, incoming: int) -> bool:
         """Rotate when ``incoming`` more bytes would take the file past ``max_bytes``;

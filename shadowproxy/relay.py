@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,10 +17,11 @@ from typing import Any
 import orjson
 
 from shadowproxy.oplog import ThrottledCount
-from shadowproxy.pipeout import BackgroundWriter, waits_for_reader
+from shadowproxy.pipeout import BackgroundWriter, append_lines, waits_for_reader
 
 # A line still without its end past this size is dropped: memory stays bounded.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+CLOSED = "standard output is closed"
 
 
 class LineRelay:
@@ -30,12 +30,14 @@ class LineRelay:
 
     def __init__(
         self,
-        out_fd: int,
+        out_fd: int | None,
         max_bytes: int,
         on_record: Callable[[dict[str, Any]], None],
         oplog: Any,
         on_lost: Callable[[int], object] | None = None,
     ) -> None:
+        """``out_fd`` None: standard output was closed when the process started; the lines
+        still feed ``on_record``, and count as lost."""
         self._fd = out_fd
         self._on_record = on_record
         self._log = oplog
@@ -43,9 +45,18 @@ class LineRelay:
         # A pipe or terminal may wait for its reader: written by a thread, within a bound.
         self._background = (
             BackgroundWriter(out_fd, max_bytes, on_lost=self.count_lost)
-            if waits_for_reader(out_fd)
+            if out_fd is not None and waits_for_reader(out_fd)
             else None
         )
+        if out_fd is None:  # as a single process says it (record.LogWriter)
+            oplog.error(
+                "log_open_failed",
+                path="-",
+                error=CLOSED,
+                detail="records are counted as lost",
+            )
+        self._unended = False
+        """A short write left the output ending in the middle of a line (see `append_lines`)."""
         self._ends: set[asyncio.Future[None]] = set()
         self.lost = 0
         self._losses = ThrottledCount(self._say_lost)
@@ -79,12 +90,14 @@ class LineRelay:
             if not self._background.offer(data, count):
                 self.count_lost(count, "standard output is not read fast enough")
             return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError as error:
-            self.count_lost(count, error.strerror or "write failed")
+        if self._fd is None:
+            self.count_lost(count, CLOSED)
+            return
+        appended = append_lines(self._fd, data, self._unended)
+        self._unended = appended.unended
+        if appended.lost:
+            error = appended.error
+            self.count_lost(appended.lost, (error and error.strerror) or "write failed")
 
     async def close(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for every pipe's end, then for the output to take

@@ -103,7 +103,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.on_hangup)
         if self.config.log.path == "-":
             self._relay = LineRelay(
-                sys.stdout.fileno(),
+                sys.stdout.fileno() if sys.stdout is not None else None,  # None: closed
                 self.config.log.max_buffer_bytes,
                 self._live.add,
                 self.log,

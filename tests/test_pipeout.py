@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shadowproxy.pipeout import BackgroundWriter, line_pieces
+from shadowproxy.pipeout import PIPE_BUF, BackgroundWriter, line_pieces
 from tests.conftest import read_fd_to_end
 
 lines = st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"") + b"\n"))
@@ -73,3 +74,37 @@ def test_a_batch_larger_than_the_bound_fits_an_empty_queue() -> None:
     writer.close(timeout=10)
     os.close(read_end)
     os.close(write_end)
+
+
+def read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd``, waiting for them."""
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, size)
+        assert chunk
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("ending", ["reader gone", "shutdown"])
+def test_lines_of_a_batch_that_reached_the_reader_are_never_counted_lost(ending: str) -> None:
+    line = b"w" * 63 + b"\n"
+    batch, lines_read = line * 4000, 2048  # 256 KB: the pipe holds a quarter of it
+    read_end, write_end = os.pipe()
+    lost: list[int] = []
+    writer = BackgroundWriter(write_end, max_bytes=1 << 20, on_lost=lambda n, _: lost.append(n))
+    assert writer.offer(batch, 4000)
+    assert read_exactly(read_end, len(line) * lines_read) == line * lines_read
+    if ending == "reader gone":
+        os.close(read_end)  # the writer, waiting for room, fails with EPIPE
+        assert writer.wait_written(10)
+        writer.close(timeout=10)
+    else:
+        writer.close(timeout=0)  # the writer is left waiting for room
+        os.close(read_end)
+    os.close(write_end)
+    # The lines read were written (so were those still in the pipe): never lost. The piece
+    # the thread was writing when it was left counts as lost, even if it got out.
+    in_hand = PIPE_BUF // len(line)
+    assert 0 < sum(lost) <= 4000 - lines_read + in_hand

@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+import yaml
 
 from shadowproxy import record
 from shadowproxy.config import LogConfig
 from shadowproxy.record import LogWriter
-from tests.e2e.conftest import StartProxy
+from tests.e2e.conftest import ProxyProcess, StartProxy
 from tests.hardening.support import MakeProxy, Serve, json_handler
 
 pytestmark = pytest.mark.timeout(30)
@@ -273,3 +276,130 @@ def test_a_failing_before_flush_hook_costs_no_record(tmp_path: Path) -> None:
     assert [line["id"] for line in parsed_lines(path)] == [0, 1, 2]
     (failure,) = events.named("before_flush_failed")  # said once, not at every flush
     assert "No space left" in failure["error"]
+
+
+def whole_and_torn(raw: bytes) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The lines of ``raw`` that are whole JSON objects, and those that are not."""
+    whole, torn = [], []
+    for line in raw.splitlines():
+        try:
+            whole.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            torn.append(line)
+    return whole, torn
+
+
+def read_output(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def wait_for_output(path: Path, done: Callable[[bytes], bool]) -> bytes:
+    """Poll ``path`` until ``done`` with what it holds, then return that."""
+    async with asyncio.timeout(10):
+        # A file gives no event to await; poll it.
+        while not done(raw := read_output(path)):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return raw
+
+
+async def fill_up_then_make_room(
+    proxy: ProxyProcess, client: aiohttp.ClientSession, pid: int, output: Path
+) -> None:
+    """One record written; the next cut short by a file size limit (``RLIMIT_FSIZE``, what
+    a full disk does) in the middle of its line; then room again, and one more record."""
+    async with client.get(proxy.url + "/first") as response:
+        assert response.status == 200
+    await wait_for_output(output, lambda raw: raw.endswith(b"\n"))
+    size = len(read_output(output))
+    # Half the next line fits: its end and the newline after it do not.
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (size + size // 2, resource.RLIM_INFINITY))
+    async with client.get(proxy.url + "/cut") as response:
+        assert response.status == 200
+    await proxy.wait_event("log_records_lost")
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    async with client.get(proxy.url + "/after") as response:
+        assert response.status == 200
+    whole, torn = whole_and_torn(await wait_for_output(output, lambda raw: b"/after" in raw))
+    # The cut record is one torn line of its own; the one after it is whole.
+    assert [line["path"] for line in whole] == ["/first", "/after"]
+    assert len(torn) == 1
+    assert torn[0].startswith(b'{"ts"')
+
+
+@pytest.mark.e2e
+async def test_a_write_cut_short_by_a_full_disk_costs_only_that_record(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    primary = await serve(json_handler(b'{"a": 1}'))
+    candidate = await serve(json_handler(b'{"a": 2}'))
+    proxy = await start_proxy(primary.url, candidate.url, args=("--workers", "1"))
+    await fill_up_then_make_room(proxy, client, proxy.pid, proxy.log_path)
+    [lost] = proxy.events("log_records_lost")
+    assert lost["records"] == 1
+    assert await proxy.stop() == 0
+    assert [e["log_records_lost"] for e in proxy.events("stopped")] == [1]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+async def test_workers_output_cut_short_by_a_full_disk_costs_only_that_record(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    primary = await serve(json_handler(b'{"a": 1}'))
+    candidate = await serve(json_handler(b'{"a": 2}'))
+    output = tmp_path / "stdout.jsonl"
+    with output.open("wb") as file:
+        proxy = await start_proxy(
+            primary.url,
+            candidate.url,
+            args=("--workers", "2"),
+            log={"path": "-"},
+            stdout=file.fileno(),
+        )
+    # Only the supervisor writes the output, so only it gets the limit.
+    await fill_up_then_make_room(proxy, client, proxy.pid, output)
+    [lost] = proxy.events("log_records_lost")
+    assert (lost["records"], lost["by"]) == (1, "supervisor")
+    assert await proxy.stop() == 0
+    stopped = [e for e in proxy.events("stopped") if e.get("role") == "supervisor"]
+    assert [e["log_records_lost"] for e in stopped] == [1]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_started_with_standard_output_closed_serves_and_counts_the_records(
+    serve: Serve, client: aiohttp.ClientSession, tmp_path: Path, workers: int
+) -> None:
+    primary = await serve(json_handler(b'{"a": 1}'))
+    candidate = await serve(json_handler(b'{"a": 2}'))
+    config = {
+        "listen": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        "primary": {"url": primary.url},
+        "candidate": {"url": candidate.url},
+        "log": {"path": "-", "flush_interval": 0.05},
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "shadowproxy", "run", "--config", str(config_path)]
+    process = await asyncio.create_subprocess_exec(
+        "sh", "-c", 'exec "$@" >&-', "sh", *command, "--workers", str(workers),
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    proxy = ProxyProcess(process, config_path, tmp_path / "none")
+    try:
+        await proxy.wait_started()
+        [closed] = proxy.events("log_open_failed")
+        assert closed["error"] == "standard output is closed"
+        async with client.get(proxy.url + "/x") as response:
+            assert response.status == 200
+        await proxy.wait_event("log_records_lost")
+        assert await proxy.stop() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    final = [e for e in proxy.events("stopped") if "worker" not in e]
+    assert [e["log_records_lost"] for e in final] == [1]
