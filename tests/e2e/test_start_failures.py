@@ -71,14 +71,20 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None
     assert "plain-file" in result.stderr  # the worker's own reason, above the supervisor's
 
 
-def test_a_tls_pair_that_cannot_be_loaded_names_the_key_at_fault(
-    tmp_path: Path, ca: trustme.CA
-) -> None:
-    identity = ca.issue_cert("127.0.0.1")
+def tls_files(tmp_path: Path, ca: trustme.CA, host: str) -> tuple[Path, Path, Path]:
+    """A certificate for ``host``, its key, and the key of another certificate."""
+    identity = ca.issue_cert(host)
     cert, key, other_key = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "other.key"
     identity.cert_chain_pems[0].write_to_path(str(cert))
     identity.private_key_pem.write_to_path(str(key))
     ca.issue_cert("elsewhere").private_key_pem.write_to_path(str(other_key))
+    return cert, key, other_key
+
+
+def test_a_tls_pair_that_cannot_be_loaded_names_the_key_at_fault(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    cert, key, other_key = tls_files(tmp_path, ca, "127.0.0.1")
     for cert_file, key_file, reason in (
         (key, key, f"listen_tls.cert_file: {key}: not a PEM certificate"),
         (cert, cert, f"listen_tls.key_file: {cert}: not a PEM private key"),
@@ -95,10 +101,8 @@ def test_a_tls_pair_that_cannot_be_loaded_names_the_key_at_fault(
 def test_an_upstream_tls_file_that_cannot_be_loaded_names_the_key_at_fault(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    identity = ca.issue_cert("client")
-    cert, key, junk = tmp_path / "client.crt", tmp_path / "client.key", tmp_path / "junk.pem"
-    identity.cert_chain_pems[0].write_to_path(str(cert))
-    identity.private_key_pem.write_to_path(str(key))
+    cert, key, _ = tls_files(tmp_path, ca, "client")
+    junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     for tls, reason in (
         ({"ca_file": str(junk)}, f"candidate.tls.ca_file: {junk}: no PEM certificate in it"),
@@ -118,11 +122,7 @@ def test_an_upstream_tls_file_that_cannot_be_loaded_names_the_key_at_fault(
 def test_check_config_finds_what_start_up_would_refuse_in_tls_files(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    identity = ca.issue_cert("127.0.0.1")
-    cert, key, other_key = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "other.key"
-    identity.cert_chain_pems[0].write_to_path(str(cert))
-    identity.private_key_pem.write_to_path(str(key))
-    ca.issue_cert("elsewhere").private_key_pem.write_to_path(str(other_key))
+    cert, key, other_key = tls_files(tmp_path, ca, "127.0.0.1")
     path = tmp_path / "config.yaml"
     base = {"primary": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}}
     for key_file, reason in (
