@@ -42,6 +42,15 @@ def nondeterministic(plan: str) -> Handler:
     return handler
 
 
+async def alike(serve: Serve) -> tuple[Backend, Backend, Backend]:
+    """The primary, the secondary and the candidate, all the same version."""
+    return (
+        await serve(nondeterministic("gold")),
+        await serve(nondeterministic("gold")),
+        await serve(nondeterministic("gold")),
+    )
+
+
 async def send(client: aiohttp.ClientSession, url: str) -> None:
     for i in range(REQUESTS):
         async with client.get(f"{url}/users/{i}") as response:
@@ -159,9 +168,7 @@ async def test_suggest_ignores_proposes_exactly_the_noisy_paths(
 async def test_learned_noise_survives_a_restart(
     serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    primary = await serve(nondeterministic("gold"))
-    secondary = await serve(nondeterministic("gold"))
-    candidate = await serve(nondeterministic("gold"))
+    primary, secondary, candidate = await alike(serve)
     state = tmp_path / "noise.json"
     settings = {"secondary": {"url": secondary.url}, "noise": {"state_path": str(state)}}
     for run in (1, 2):
@@ -179,9 +186,7 @@ async def test_learned_noise_survives_a_restart(
 async def test_a_file_that_is_not_a_state_file_is_never_written_over(
     serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    primary = await serve(nondeterministic("gold"))
-    secondary = await serve(nondeterministic("gold"))
-    candidate = await serve(nondeterministic("gold"))
+    primary, secondary, candidate = await alike(serve)
     named = tmp_path / "discrepancies.jsonl"  # the state_path names the wrong file
     named.write_bytes(b'{"event": "exchange"}\nnot JSON\n')
     proxy = await start_proxy(
@@ -208,9 +213,7 @@ async def test_a_file_that_is_not_a_state_file_is_never_written_over(
 async def test_a_reload_applies_save_interval_at_once_and_keeps_the_state_path(
     serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    primary = await serve(nondeterministic("gold"))
-    secondary = await serve(nondeterministic("gold"))
-    candidate = await serve(nondeterministic("gold"))
+    primary, secondary, candidate = await alike(serve)
     state, elsewhere = tmp_path / "noise.json", tmp_path / "elsewhere.json"
     proxy = await start_proxy(
         primary.url,
