@@ -206,6 +206,7 @@ class PrimaryPath:
         limit = config.limits.max_request_body_bytes
         if limit is not None and content_length is not None and content_length > limit:
             self._metrics.requests.labels("413").inc()
+            self._metrics.rejected.labels("request_too_large").inc()
             return error_response(
                 413, "request_too_large", f"body exceeds {limit} bytes", request_id
             )

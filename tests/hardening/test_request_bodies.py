@@ -33,6 +33,9 @@ async def test_body_over_the_limit_gets_413_by_content_length(
     request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n"
     assert (await exchange(proxy.url, request + b"a" * 100)).status == 200
     assert len(primary.seen[0].body) == 100
+    # Counted as every rejection is, as the chunked one is.
+    metrics = proxy.proxy.metrics.render().decode()
+    assert 'shadowproxy_client_rejected_total{reason="request_too_large"} 1.0' in metrics
 
 
 async def test_chunked_body_over_the_limit_gets_413_and_the_primary_no_complete_request(
