@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from shadowproxy.config import Config, HostPort, load_config, parse_config
+from shadowproxy.config import Config, ConfigError, HostPort, load_config, parse_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -78,3 +79,53 @@ def test_example_sets_every_key_to_its_default() -> None:
         {"primary": {"url": example.primary.url}, "candidate": {"url": example.candidate.url}}
     )
     assert example.model_dump() == required_only.model_dump()
+
+
+def commented_examples(text: str) -> list[tuple[int, tuple[str, ...], dict[str, Any]]]:
+    """The ``# e.g.`` examples of a config file: each one's line, the keys it sits under
+    (by indentation) and what it sets, as YAML."""
+    lines = text.splitlines()
+    found = []
+    for number, line in enumerate(lines):
+        match = re.fullmatch(r"( *)# e\.g\.(.*)", line)
+        if match is None:
+            continue
+        indent, rest = match.groups()
+        if rest.strip():
+            block = rest.strip()
+        else:
+            prefix = indent + "# "
+            block_lines = []
+            for following in lines[number + 1 :]:
+                if not following.startswith(prefix):
+                    break
+                block_lines.append(following[len(prefix) :])
+            block = "\n".join(block_lines)
+        parents: list[str] = []
+        depth = len(indent)
+        for above in reversed(lines[:number]):
+            key = re.match(r"( *)([a-z_]+):", above)
+            if key is not None and len(key.group(1)) < depth:
+                parents.insert(0, key.group(2))
+                depth = len(key.group(1))
+        found.append((number + 1, tuple(parents), yaml.safe_load(block)))
+    return found
+
+
+def test_example_commented_examples_are_valid() -> None:
+    """Every ``# e.g.`` example, put in place of the key it illustrates, validates."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    examples = commented_examples(text)
+    assert len(examples) >= 10
+    for line, parents, example in examples:
+        data = yaml.safe_load(text)
+        section = data
+        for key in parents:
+            section = section[key]
+        assert isinstance(example, dict), f"line {line}: not a mapping of keys"
+        assert set(example) <= set(section), f"line {line}: {sorted(example)} not under {parents}"
+        section.update(example)
+        try:
+            parse_config(data)
+        except ConfigError as error:
+            pytest.fail(f"config/example.yaml line {line}: {error}")
