@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from bisect import bisect_left
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, overload
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
 
 # Endpoint labels are folded already; this cap keeps a path explosion from exhausting memory.
 MAX_ENDPOINT_LABELS = 200
 OTHER_ENDPOINT = "other"
+# In the multiprocess directory: the endpoints the workers chose together (see EndpointLabels).
+ENDPOINT_LABELS_FILE = "endpoint-labels"
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -100,6 +106,51 @@ class HistogramTally:
         self._observed = 0.0
 
 
+class EndpointLabels:
+    """The endpoints that get a label of their own: the first `MAX_ENDPOINT_LABELS` seen; the
+    others are counted as `OTHER_ENDPOINT`.
+
+    Worker processes choose together, in ``shared`` (a file in the multiprocess directory):
+    each choosing its own would put workers times the cap on the page, and more with each
+    worker started again. A worker reads the file only for an endpoint it has no label for,
+    and not once the file is full, so it reads it about the cap's number of times at most.
+    """
+
+    __slots__ = ("_chosen", "_full", "_shared")
+
+    def __init__(self, shared: Path | None = None) -> None:
+        self._chosen: set[str] = set()
+        self._full = False
+        self._shared = shared
+
+    def label(self, endpoint: str) -> str:
+        if endpoint in self._chosen:
+            return endpoint
+        if self._full:
+            return OTHER_ENDPOINT
+        if self._shared is not None:
+            try:
+                return self._choose_together(self._shared, endpoint)
+            except (OSError, ValueError):  # ValueError: a line cut short by a worker's death
+                pass  # choose alone: labels over the cap rather than none
+        self._chosen.add(endpoint)
+        self._full = len(self._chosen) >= MAX_ENDPOINT_LABELS
+        return endpoint
+
+    def _choose_together(self, shared: Path, endpoint: str) -> str:
+        with shared.open("a+b") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)  # released on close
+            file.seek(0)
+            # One JSON string a line: an endpoint is the client's path, whatever it holds.
+            chosen = [orjson.loads(line) for line in file.read().splitlines()]
+            if endpoint not in chosen and len(chosen) < MAX_ENDPOINT_LABELS:
+                file.write(orjson.dumps(endpoint) + b"\n")
+                chosen.append(endpoint)
+        self._chosen.update(chosen)  # those of the other workers too: no read for them
+        self._full = len(chosen) >= MAX_ENDPOINT_LABELS
+        return endpoint if endpoint in self._chosen else OTHER_ENDPOINT
+
+
 Tally = CountTally | GaugeTally | HistogramTally
 _TALLY_OF: dict[type, Callable[[Any], Tally]] = {
     Counter: CountTally,
@@ -169,7 +220,10 @@ class Metrics:
             "Exchanges captured for replay, by result: written, dropped (buffer full), lost.",
             ["result"], registry=r,
         )  # fmt: skip
-        self._endpoints: set[str] = set()
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # set for workers only
+        self._endpoints = EndpointLabels(
+            Path(directory) / ENDPOINT_LABELS_FILE if directory else None
+        )
         self._tallies: dict[tuple[object, tuple[str, ...]], Tally] = {}
 
     @overload
@@ -200,12 +254,7 @@ class Metrics:
             tally.publish()
 
     def endpoint_label(self, endpoint: str) -> str:
-        if endpoint in self._endpoints:
-            return endpoint
-        if len(self._endpoints) >= MAX_ENDPOINT_LABELS:
-            return OTHER_ENDPOINT
-        self._endpoints.add(endpoint)
-        return endpoint
+        return self._endpoints.label(endpoint)
 
     def render(self) -> bytes:
         self.publish()

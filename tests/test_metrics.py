@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from shadowproxy.config import LogConfig
-from shadowproxy.metrics import LATENCY_BUCKETS, Metrics
+from shadowproxy.metrics import (
+    LATENCY_BUCKETS,
+    MAX_ENDPOINT_LABELS,
+    OTHER_ENDPOINT,
+    EndpointLabels,
+    Metrics,
+)
 from shadowproxy.record import LogWriter
 
 # Bounds themselves, values between them, and values beyond the last.
@@ -62,3 +68,15 @@ def test_a_flush_of_the_log_publishes_even_with_no_record_to_write(tmp_path: Pat
     assert metrics.mirrored._value.get() == 0  # counted, not yet published
     writer.flush()
     assert metrics.mirrored._value.get() == 3
+
+
+def test_endpoint_labels_chosen_together_stop_at_the_cap_for_all(tmp_path: Path) -> None:
+    shared = tmp_path / "endpoint-labels"
+    one, two = EndpointLabels(shared), EndpointLabels(shared)
+    for i in range(MAX_ENDPOINT_LABELS - 1):
+        assert one.label(f"GET /a{i}") == f"GET /a{i}"
+    assert two.label("GET /b") == "GET /b"  # the last free label
+    assert two.label("GET /a0") == "GET /a0"  # chosen by the other
+    assert one.label("GET /c") == OTHER_ENDPOINT
+    assert EndpointLabels(shared).label("GET /d") == OTHER_ENDPOINT  # a worker started again
+    assert EndpointLabels(shared).label("GET /b") == "GET /b"

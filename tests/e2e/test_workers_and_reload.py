@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from shadowproxy import signals
+from shadowproxy.metrics import MAX_ENDPOINT_LABELS, OTHER_ENDPOINT
 from tests.conftest import Backend, Handler
 from tests.e2e.conftest import ProxyProcess, StartProxy
 
@@ -685,4 +686,51 @@ async def test_one_busy_worker_gets_nearly_all_of_max_rps(
     assert mirrored > half + half * elapsed + 10, (mirrored, elapsed)
     # ...and never more than the whole cap.
     assert mirrored <= rate + rate * elapsed + 1, (mirrored, elapsed)
+    assert await proxy.stop() == 0
+
+
+async def endpoint_labels(admin_url: str) -> tuple[set[str], float]:
+    """The endpoint labels of the comparisons on /metrics, and the comparisons counted."""
+    async with aiohttp.ClientSession() as session, session.get(admin_url + "/metrics") as r:
+        text = await r.text()
+    labels, compared = set(), 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "shadowproxy_comparisons_total":
+                labels.add(sample.labels["endpoint"])
+                compared += sample.value
+    return labels, compared
+
+
+@pytest.mark.timeout(120)
+async def test_workers_share_the_cap_on_endpoint_labels_even_when_started_again(
+    serve: Serve, start_proxy: StartProxy
+) -> None:
+    # Each worker choosing its own endpoints would show up to twice the cap, and a worker
+    # started again would add its own on top.
+    proxy = await answering_alike(serve, start_proxy, 2)
+    first = MAX_ENDPOINT_LABELS * 3 // 2
+    await get_on_new_connections(proxy.url, [f"/e{i}x/items" for i in range(first)])
+    await proxy.wait_records(first)
+
+    async def compared_at_least(total: int) -> set[str]:
+        async with asyncio.timeout(10):
+            # Published at each flush of the log: a scrape is the only way to see it.
+            while (found := await endpoint_labels(proxy.admin_url))[1] < total:  # noqa: ASYNC110
+                await asyncio.sleep(RECORD_POLL)
+        assert found[1] == total
+        return found[0]
+
+    labels = await compared_at_least(first)
+    assert len(labels - {OTHER_ENDPOINT}) == MAX_ENDPOINT_LABELS
+    assert OTHER_ENDPOINT in labels
+
+    worker = proxy.events("worker_listening")[0]
+    os.kill(worker["pid"], signal.SIGKILL)
+    await proxy.wait_event("worker_restarted", timeout=20)
+    more = MAX_ENDPOINT_LABELS // 2
+    await get_on_new_connections(proxy.url, [f"/f{i}x/items" for i in range(more)])
+    await proxy.wait_records(first + more)
+    labels = await compared_at_least(first + more)  # nothing was left unpublished at the kill
+    assert len(labels - {OTHER_ENDPOINT}) == MAX_ENDPOINT_LABELS
     assert await proxy.stop() == 0
