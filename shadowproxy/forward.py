@@ -219,7 +219,6 @@ class PrimaryPath:
         if expect_continue:
             headers.popall("Expect", None)
         if websocket.is_upgrade(request):
-            self._metrics.websockets.inc()
             try:
                 return await websocket.relay(
                     request,
@@ -228,6 +227,7 @@ class PrimaryPath:
                     with_host(headers, config.primary.host),
                     settings.options,
                     max_message_bytes=config.limits.max_websocket_message_bytes,
+                    on_open=self._upgraded,
                 )
             except websocket.UpgradeRefused as refused:
                 return await self._refused_upgrade(request, refused)
@@ -569,6 +569,11 @@ class PrimaryPath:
         response = error_response(failure.status, failure.error, failure.detail, request_id)
         response.force_close()
         return response
+
+    def _upgraded(self) -> None:
+        """The client got its 101: an upgrade relayed, and an answered request."""
+        self._metrics.websockets.inc()
+        self._metrics.requests.labels("101").inc()
 
     async def _refused_upgrade(
         self, request: web.BaseRequest, refused: websocket.UpgradeRefused

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -98,12 +98,13 @@ async def relay(
     options: Mapping[str, Any],
     *,
     max_message_bytes: int,
+    on_open: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
     """Open the upstream WebSocket first, then accept the client's, then pump both ways.
 
-    Each message is held whole on its way through, so a side sending one larger than
-    ``max_message_bytes`` has its conversation closed with 1009 (message too big); the other
-    side is closed with the same code.
+    ``on_open`` is called once the client has its 101. Each message is held whole on its way
+    through, so a side sending one larger than ``max_message_bytes`` has its conversation
+    closed with 1009 (message too big); the other side is closed with the same code.
     """
     upstream_headers = CIMultiDict(
         (k, v) for k, v in headers.items() if k.lower() not in HANDSHAKE_HEADERS
@@ -141,6 +142,8 @@ async def relay(
                 if name.lower() not in HANDSHAKE_HEADERS:
                     client.headers.add(name, value)
         await client.prepare(request)
+        if on_open is not None:
+            on_open()
         upstream_connection = handshake.connection if handshake is not None else None
         pumps = [
             asyncio.ensure_future(

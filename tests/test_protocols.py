@@ -189,6 +189,7 @@ async def test_websocket_relayed_both_ways_and_never_mirrored(
     assert candidate.seen == []
     metrics = proxy.proxy.metrics.render().decode()
     assert "shadowproxy_websocket_upgrades_total 1.0" in metrics
+    assert 'shadowproxy_requests_total{status="101"} 1.0' in metrics  # an answered request
 
 
 async def test_websocket_close_reason_passes_both_ways(
@@ -288,6 +289,9 @@ async def test_refused_websocket_upgrade_passes_the_primarys_status_and_headers(
     assert head[0] == b"HTTP/1.1 401 Unauthorized"
     assert b'WWW-Authenticate: Bearer realm="chat"' in head
     assert b"X-Why: no token" in head
+    metrics = proxy.proxy.metrics.render().decode()
+    assert "shadowproxy_websocket_upgrades_total 0.0" in metrics  # none was relayed
+    assert 'shadowproxy_requests_total{status="401"} 1.0' in metrics
 
 
 async def test_websocket_upgrade_redirect_is_passed_on_not_followed(
