@@ -165,8 +165,8 @@ class CaptureSink:
         self.config = config
         self.path = path or config.path
         self._policy = CapturePolicy(config)
-        self._redactor = Redactor(redact)
-        self._query_redactor = QueryRedactor(redact_query)
+        self._redaction = (Redactor(redact), QueryRedactor(redact_query))
+        """``log.redact`` and ``log.redact_query``, swapped whole by `configure_redaction`."""
         self._on_result = on_result
         self._oplog = oplog
         self._lock = threading.Lock()
@@ -189,6 +189,13 @@ class CaptureSink:
         self._lost_reason = ""
 
     # --- on the event loop ------------------------------------------------------------------
+
+    def configure_redaction(self, redact: Sequence[str], redact_query: Sequence[str]) -> None:
+        """Take a reloaded ``log.redact`` and ``log.redact_query``: the capture redacts as
+        the log does, so a secret named on reload must stop reaching this file too."""
+        # One assignment, read once per batch by the writer thread; exchanges still waiting
+        # are written under the new rules.
+        self._redaction = (Redactor(redact), QueryRedactor(redact_query))
 
     def start(self) -> None:
         """Open the file (creating its directory) and start the writer thread."""
@@ -305,14 +312,13 @@ class CaptureSink:
         batch: list[bytes] = []
         batched = 0
         records = 0
+        redactor, query_redactor = self._redaction
         for item in items:
             try:
                 # Header bytes that are not UTF-8 cannot be JSON text: written replaced, so the
                 # exchange is kept with that one value changed rather than lost.
                 line = logsafe.dumps(
-                    build_entry(
-                        item, self._redactor, self.config.max_body_bytes, self._query_redactor
-                    )
+                    build_entry(item, redactor, self.config.max_body_bytes, query_redactor)
                 )
             except Exception as error:  # a bug must cost one exchange, not the capture
                 self._lose(1, f"cannot encode: {error!r}")

@@ -85,8 +85,8 @@ class MirrorTicket:
     """One sampled request on its way to the candidate; filled in by the primary path."""
 
     __slots__ = (
-        "_admission", "_dispatcher", "_primary", "_request_headers", "client_ip", "edit",
-        "endpoint", "id", "method", "path", "started_at", "state", "task",
+        "_admission", "_dispatcher", "_primary", "_request_headers", "capture_bytes",
+        "client_ip", "edit", "endpoint", "id", "method", "path", "started_at", "state", "task",
     )  # fmt: skip
 
     def __init__(
@@ -101,6 +101,7 @@ class MirrorTicket:
         upstream_headers: CIMultiDict[str],
         edit: CandidateEdit | None = None,
         admission: tuple[Breaker, Admission, int] | None = None,
+        capture_bytes: int,
     ) -> None:
         self._dispatcher = dispatcher
         self._primary: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
@@ -114,6 +115,9 @@ class MirrorTicket:
         self.client_ip = client_ip
         self.edit = edit
         """The matched rule's changes to the candidate's copy (path prefix, headers)."""
+        self.capture_bytes = capture_bytes
+        """``diff.max_body_bytes`` as the request started: the primary's body was captured
+        under it, so the candidate's is too, whatever a reload sets meanwhile."""
         self.started_at = time.time()
         self.state = TicketState.ADMITTED
         self.task: asyncio.Task[None] | None = None
@@ -337,6 +341,7 @@ class MirrorDispatcher:
                 if breaker is not None and admission is not None
                 else None
             ),
+            capture_bytes=self._capture_bytes,
         )
 
     def _count_skip(self, reason: SkipReason) -> None:
@@ -396,7 +401,7 @@ class MirrorDispatcher:
         if primary is None:
             return  # abandoned by the primary path and counted there
         ticket.state = TicketState.DONE
-        primary_seen, candidate = self._comparable(primary, candidate)
+        primary_seen, candidate = self._comparable(primary, candidate, ticket.capture_bytes)
         self._observe("primary", primary)
         self._observe("candidate", candidate)
         comparison: Comparison | None = None
@@ -409,7 +414,9 @@ class MirrorDispatcher:
             self._metrics.labelled(self._metrics.candidate_errors, candidate.kind.value).inc()
         secondary_comparison: Comparison | None = None
         if secondary is not None:
-            primary_for_secondary, secondary = self._comparable(primary, secondary)
+            primary_for_secondary, secondary = self._comparable(
+                primary, secondary, ticket.capture_bytes
+            )
             self._observe("secondary", secondary)
             if isinstance(secondary, Response) and comparison is not None:
                 # None (queue full) leaves the secondary without evidence: nothing is noise.
@@ -451,16 +458,16 @@ class MirrorDispatcher:
             headers=copy_headers,
             body=request.body,
             deadline=backend.timeout,
-            capture_bytes=self._capture_bytes,
+            capture_bytes=ticket.capture_bytes,
         )
 
     def _comparable(
-        self, primary: Response, other: Response | Failure
+        self, primary: Response, other: Response | Failure, capture_bytes: int
     ) -> tuple[Response, Response | Failure]:
         """A body too large to capture is a failure; streams are compared over their window."""
         if isinstance(other, Failure):
             return primary, other
-        if other.size > self._capture_bytes and not primary.truncated:
+        if other.size > capture_bytes and not primary.truncated:
             more = "" if other.size_known else "more than "
             return primary, Failure(
                 kind=FailureKind.TOO_LARGE,

@@ -336,6 +336,9 @@ class LogWriter:
         """Set when the output is a pipe, socket or terminal: a thread writes to it."""
         self._lossless = lossless
         self._giving_up = False
+        self._interval = config.flush_interval
+        self._rescheduled = asyncio.Event()
+        """Set by a reload that changes the interval: the flusher then waits anew with it."""
         self.configure(config)
         self._fd: int | None = None
         self._owns_fd = False
@@ -367,7 +370,9 @@ class LogWriter:
     def configure(self, config: LogConfig) -> None:
         """Take the flush interval, rotation and buffer settings (on a reload too); the path
         stays the one the writer was made with."""
-        self._interval = config.flush_interval
+        if config.flush_interval != self._interval:
+            self._interval = config.flush_interval
+            self._rescheduled.set()
         self._max_bytes = config.max_bytes if self._path != "-" else None
         self._backups = config.backups
         self._max_buffer_bytes = config.max_buffer_bytes
@@ -569,8 +574,13 @@ class LogWriter:
 
     async def _flush_periodically(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
-            self.flush()
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self._rescheduled.wait()
+            except TimeoutError:
+                self.flush()
+            else:  # a reload changed the interval: wait anew, not the rest of the old one
+                self._rescheduled.clear()
 
     async def room(self) -> None:
         """Wait while more than ``log.max_buffer_bytes`` wait for a pipe's reader: how a

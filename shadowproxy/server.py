@@ -393,6 +393,9 @@ class Proxy:
         self.dispatcher.configure(running)
         self.noise.configure(running)
         self.writer.configure(running.log)
+        if self.capture is not None:
+            # `capture` itself needs a restart, but it redacts as the log does.
+            self.capture.configure_redaction(running.log.redact, running.log.redact_query)
         digest = running.digest()
         if catch_up:
             self.log.info("config_caught_up", digest=digest)

@@ -393,6 +393,88 @@ async def test_a_reload_applies_the_logs_rotation_settings(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("workers", [1, 2])
+async def test_a_reload_applies_the_logs_flush_interval_at_once(
+    serve: Serve, start_proxy: StartProxy, workers: int
+) -> None:
+    # A writer still sleeping out the old interval would hold records for a minute.
+    proxy = await answering_alike(serve, start_proxy, workers, log={"flush_interval": 60})
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["log"]["flush_interval"] = 0.05
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    await proxy.wait_count("config_reloaded", workers + (workers > 1))
+    total = 20
+    await get_on_new_connections(proxy.url, [f"/after/{i}" for i in range(total)])
+    assert len(await proxy.wait_records(total, timeout=10)) == total
+    assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_reload_applies_log_redaction_to_the_capture_too(
+    serve: Serve, start_proxy: StartProxy, tmp_path: Path, workers: int
+) -> None:
+    primary = await serve(json_handler({"password": "hunter2", "a": 1}))
+    candidate = await serve(json_handler({"password": "hunter2", "a": 1}))
+    capture = tmp_path / "capture.jsonl"
+    proxy = await start_proxy(
+        primary.url,
+        candidate.url,
+        args=("--workers", str(workers)),
+        reload={"watch": False},
+        capture={"path": str(capture), "flush_interval": 0.05},
+    )
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["log"].update(redact=["/password"], redact_query=["session"])
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    await proxy.wait_count("config_reloaded", workers + (workers > 1))
+    assert proxy.count("config_reload_partial") == 0  # nothing waits for a restart
+    total = 20
+    await get_on_new_connections(proxy.url, [f"/me?session=s3cret{i}" for i in range(total)])
+    assert await proxy.stop() == 0  # the capture is written out
+    files = [capture] if workers == 1 else [tmp_path / f"capture.w{i}.jsonl" for i in (0, 1)]
+    written = b"".join(file.read_bytes() for file in files if file.exists())
+    assert written.count(b"\n") == total
+    assert b"hunter2" not in written
+    assert b"s3cret" not in written
+
+
+@pytest.mark.timeout(60)
+async def test_a_mirror_under_way_keeps_the_body_bound_it_started_with(
+    serve: Serve, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    # The primary's body was captured under the old diff.max_body_bytes: judging the
+    # candidate's by the new one made a candidate error out of two equal answers.
+    document = {"items": ["x" * 100 for _ in range(40)]}  # about 4 KiB
+    answer = json_handler(document)
+    release = asyncio.Event()
+
+    async def held(request: web.BaseRequest) -> web.StreamResponse:
+        await release.wait()
+        return await answer(request)
+
+    primary = await serve(answer)
+    candidate = await serve(held)
+    proxy = await start_proxy(
+        primary.url, candidate.url, args=("--workers", "1"), reload={"watch": False}
+    )
+    async with client.get(proxy.url + "/big") as response:
+        assert response.status == 200
+    await candidate.arrived.wait()
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["diff"] = {"max_body_bytes": "1KiB"}
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    await proxy.wait_event("config_reloaded")
+    release.set()
+    [record] = await proxy.wait_records(1)
+    assert record["outcome"] == "match"
+    assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_reload_names_the_keys_that_wait_for_a_restart(
     serve: Serve, start_proxy: StartProxy, workers: int
 ) -> None:
