@@ -5,7 +5,8 @@ The primary path asks `CaptureSink.begin` per request; for a sampled one it gets
 response has gone to the client, hands the exchange to the sink. Nothing else happens on the
 request path: a writer thread builds the entries (decoding, redaction, JSON) and appends them,
 whole lines per ``write``, to ``capture.path``. Exchanges waiting for the writer are bounded by
-``capture.max_buffer_bytes``; past it new ones are dropped and counted. Capturing is
+``capture.max_buffer_bytes``, together with the bodies recordings under way keep; past it new
+ones, and those whose bodies would pass it, are dropped and counted. Capturing is
 independent of mirroring: a request is captured whether or not it is mirrored.
 
 The file is rotated before it would grow past ``capture.max_file_bytes``: it is renamed to
@@ -86,8 +87,8 @@ class Recording:
     """One captured exchange under way on the primary path."""
 
     __slots__ = (
-        "_request", "_response", "_sink", "_started", "headers", "http_version", "id",
-        "method", "raw_path", "scheme", "started_at",
+        "_done", "_held", "_request", "_response", "_sink", "_started", "headers",
+        "http_version", "id", "method", "raw_path", "scheme", "started_at",
     )  # fmt: skip
 
     def __init__(
@@ -113,15 +114,44 @@ class Recording:
         self._started = time.perf_counter()
         self._request = BoundedCopy(limit)
         self._response = BoundedCopy(limit)
+        self._held = 0
+        """Bytes of body kept so far, counted against ``capture.max_buffer_bytes``."""
+        self._done = False
 
     def request_chunk(self, chunk: bytes) -> None:
-        self._request.add(chunk)
+        self._keep(self._request, chunk)
 
     def response_chunk(self, chunk: bytes) -> None:
-        self._response.add(chunk)
+        self._keep(self._response, chunk)
+
+    def _keep(self, copy: BoundedCopy, chunk: bytes) -> None:
+        if self._done:
+            return
+        kept = copy.kept
+        copy.add(chunk)
+        grown = copy.kept - kept
+        if grown and not self._sink.hold(grown):
+            # Recordings under way count against the buffer as waiting ones do: many large
+            # uploads held at a slow primary would otherwise keep twice max_body_bytes each.
+            self.close()
+            self._request = self._response = BoundedCopy(0)
+            self._sink.drop()
+            return
+        self._held += grown
+
+    def close(self) -> None:
+        """Done with this recording, completed or not (the primary failed, the client went
+        away): what it held no longer counts against the buffer."""
+        if not self._done:
+            self._done = True
+            self._sink.release(self._held)
+            self._held = 0
 
     def complete(self, status: int, reason: str, headers: Headers) -> None:
         """The response went to the client in full: hand the exchange to the writer."""
+        if self._done:
+            return  # dropped on the way: counted then
+        self.close()
         self._sink.submit(
             Captured(
                 id=self.id,
@@ -175,6 +205,8 @@ class CaptureSink:
         """Held while lines are encoded and written: one writer at a time."""
         self._queue: deque[Captured] = deque()
         self._pending_bytes = 0
+        self._recording_bytes = 0
+        """Body bytes kept by recordings under way (event loop only)."""
         self._closing = False
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
@@ -219,8 +251,8 @@ class CaptureSink:
         """A recording when this request is to be captured; None otherwise (cheap)."""
         if self._closing or not self._policy.wants(method, raw_path):
             return None
-        if self._pending_bytes + MIN_WEIGHT > self.config.max_buffer_bytes:
-            self._drop()  # not even the smallest exchange would fit
+        if not self._room_for(MIN_WEIGHT):
+            self.drop()  # not even the smallest exchange would fit
             return None
         return Recording(
             self,
@@ -233,10 +265,27 @@ class CaptureSink:
             limit=self.config.max_body_bytes,
         )
 
+    def _room_for(self, amount: int) -> bool:
+        taken = self._pending_bytes + self._recording_bytes  # pending: read without the lock
+        return taken + amount <= self.config.max_buffer_bytes
+
+    def hold(self, amount: int) -> bool:
+        """Count ``amount`` more bytes kept by a recording under way; False, counting
+        nothing, when the buffer has no room for them."""
+        if not self._room_for(amount):
+            return False
+        self._recording_bytes += amount
+        return True
+
+    def release(self, amount: int) -> None:
+        """A recording under way let go of ``amount`` bytes (finished, or given up)."""
+        self._recording_bytes -= amount
+
     def submit(self, captured: Captured) -> None:
         weight = captured.weight()
         with self._lock:
-            if self._closing or self._pending_bytes + weight > self.config.max_buffer_bytes:
+            taken = self._pending_bytes + self._recording_bytes
+            if self._closing or taken + weight > self.config.max_buffer_bytes:
                 full = True
             else:
                 full = False
@@ -245,9 +294,10 @@ class CaptureSink:
                 if self._pending_bytes >= WAKE_BYTES:
                     self._wake.notify()
         if full:
-            self._drop()
+            self.drop()
 
-    def _drop(self) -> None:
+    def drop(self) -> None:
+        """Count one exchange dropped because the buffer is full."""
         self.dropped += 1
         if self._on_result is not None:
             self._on_result("dropped", 1)

@@ -713,7 +713,8 @@ class CaptureConfig(Model):
     keep_files: Annotated[int, Field(ge=0)] = 5
     """Rotated files kept besides the one being written; older ones are deleted."""
     max_buffer_bytes: Annotated[int, BeforeValidator(_parse_size), Field(ge=KIB)] = 16 * MIB
-    """Exchanges waiting to be written, at most; when full, new ones are dropped and counted."""
+    """Exchanges waiting to be written and the bodies of those under way, at most; when full,
+    new ones (and those whose bodies would pass it) are dropped and counted."""
     flush_interval: Seconds = 0.5
     """Seconds between writes of buffered lines."""
 

@@ -242,6 +242,8 @@ class PrimaryPath:
         finally:
             if ticket is not None:
                 ticket.abandon(SkipReason.CLIENT_ABORTED)
+            if recording is not None:
+                recording.close()
 
     def _admit(
         self,

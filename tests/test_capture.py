@@ -418,3 +418,45 @@ async def test_a_failing_disk_is_said_once_then_counted_until_close() -> None:
     assert [fields["exchanges"] for _, fields in said.lines] == [1, 4]  # the rest, at close
     assert said.lines[1][1]["reason"] == "No space left on device"
     assert sink.lost == 5
+
+
+async def test_recordings_under_way_count_against_the_buffer(
+    serve: Serve, make_proxy: MakeProxy, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Uploads held at a slow primary keep their bodies while they wait: with nothing yet
+    waiting to be written, those bodies must still fit ``max_buffer_bytes``."""
+    uploads, size = 4, 40 * 1024
+    arrived: asyncio.Queue[None] = asyncio.Queue()
+    release = asyncio.Event()
+
+    async def slow(request: web.BaseRequest) -> web.StreamResponse:
+        await request.read()
+        arrived.put_nowait(None)
+        await release.wait()
+        return web.Response(text="ok")
+
+    primary = await serve(slow)
+    capture = tmp_path / "capture.jsonl"
+    running = await make_proxy(
+        primary.url,
+        (await serve(slow)).url,
+        mirror={"sample_rate": 0},
+        capture={"path": str(capture), "max_buffer_bytes": "64KiB", "max_body_bytes": "64KiB"},
+    )
+    sink = running.proxy.capture
+    assert sink is not None
+
+    async def upload(number: int) -> int:
+        async with client.put(f"{running.url}/u/{number}", data=b"u" * size) as response:
+            await response.read()
+            return response.status
+
+    sent = [asyncio.ensure_future(upload(n)) for n in range(uploads)]
+    for _ in range(uploads):
+        await arrived.get()  # every body has passed the proxy, none is answered yet
+    assert sink.dropped == uploads - 1  # only one body fits beside nothing else
+    release.set()
+    assert await asyncio.gather(*sent) == [200] * uploads  # the primary path is untouched
+    await settle(running)
+    assert len(lines(capture)) == 1
+    assert sink.dropped == uploads - 1
