@@ -7,7 +7,8 @@ proxy, and keeps memory bounded whatever the traffic:
 - per endpoint at most ``MAX_PATHS`` differing paths (and as many noise paths); later new ones
   are counted in an "other paths" total; one example per path, values cut to
   ``PATH_VALUE_CHARS``;
-- at most ``MAX_STATUS_PAIRS`` status pairs per endpoint, the rest counted together;
+- at most ``MAX_STATUS_PAIRS`` status pairs per endpoint, the rest counted together, and at
+  most ``MAX_KINDS`` kinds of difference per path and of candidate error per endpoint;
 - ``EXAMPLES_PER_OUTCOME`` example exchanges per endpoint for mismatches and for candidate
   errors (the first ones seen), each with at most ``EXAMPLE_DIFFERENCES`` differences and
   values cut to ``EXAMPLE_VALUE_CHARS``;
@@ -47,7 +48,11 @@ EXAMPLE_DIFFERENCES = 20
 PATH_VALUE_CHARS = 300
 EXAMPLE_VALUE_CHARS = 1000
 MAX_EXCERPT_CHARS = 8000
+MAX_KINDS = 50
+MAX_DIFFERENCE_COUNT = 1 << 32
+"""The most differences one exchange is taken to have: far more than a body can hold."""
 OTHER_ENDPOINT = "(other endpoints)"
+OTHER_KIND = "(other kinds)"
 
 EXCHANGE_EVENT = "exchange"
 MATCH, MISMATCH, CANDIDATE_ERROR = "match", "mismatch", "candidate_error"
@@ -59,10 +64,31 @@ _INDEX_SEGMENT = re.compile(r"(?<=/)\d+(?=/|$)")
 _NUMBER_TYPES = (int, float)
 
 
-@lru_cache(maxsize=16384)
 def generalise_path(path: str) -> str:
     """``/items/3/price`` -> ``/items/*/price``: counts one place across array elements."""
+    if len(path) > PATH_VALUE_CHARS:
+        # Not cached: the cache would keep each long path alive, 16384 of them (a log of
+        # 100 kB keys would pin gigabytes); such paths are rare, and cut when kept anyway.
+        return _INDEX_SEGMENT.sub("*", path)
+    return _generalise_short(path)
+
+
+@lru_cache(maxsize=16384)
+def _generalise_short(path: str) -> str:
     return _INDEX_SEGMENT.sub("*", path)
+
+
+def _label(text: str) -> str:
+    """A name from the log (a place, a kind, a failure) cut as paths are: it is kept as a key."""
+    return text if len(text) <= PATH_VALUE_CHARS else text[:PATH_VALUE_CHARS] + "…"
+
+
+def _count_kind(kinds: dict[str, int], kind: str, n: int = 1) -> None:
+    """Count ``n`` of ``kind``; past ``MAX_KINDS`` names, new ones count as ``OTHER_KIND``
+    (a log from elsewhere may name a new kind, or failure, on every line)."""
+    if kind not in kinds and len(kinds) >= MAX_KINDS:
+        kind = OTHER_KIND
+    kinds[kind] = kinds.get(kind, 0) + n
 
 
 def bounded_value(value: Any, limit: int = EXAMPLE_VALUE_CHARS) -> Any:
@@ -87,7 +113,7 @@ def _status_of(side: Mapping[str, Any]) -> int | str:
     if isinstance(status, int):
         return status
     error = side.get("error")
-    return error if isinstance(error, str) and error else "error"
+    return _label(error) if isinstance(error, str) and error else "error"
 
 
 @dataclass(slots=True)
@@ -106,7 +132,7 @@ class PathStats:
         self.exchanges += other.exchanges
         self.occurrences += other.occurrences
         for kind, n in other.kinds.items():
-            self.kinds[kind] = self.kinds.get(kind, 0) + n
+            _count_kind(self.kinds, kind, n)
         if self.example is None:
             self.example = other.example
 
@@ -131,10 +157,8 @@ class PathTable:
             raw = item.get("path")
             if not isinstance(where, str) or not isinstance(raw, str):
                 continue
-            place = generalise_path(raw) if where == "body" else raw
-            if len(place) > PATH_VALUE_CHARS:
-                place = place[:PATH_VALUE_CHARS] + "…"
-            key = (where, place)
+            where = _label(where)
+            key = (where, _label(generalise_path(raw) if where == "body" else raw))
             stats = paths.get(key)
             if stats is None:
                 if len(paths) >= self.limit:
@@ -143,7 +167,7 @@ class PathTable:
                     continue
                 stats = paths[key] = PathStats(where, key[1])
             kind = item.get("kind")
-            kind = kind if isinstance(kind, str) else "changed"
+            kind = _label(kind) if isinstance(kind, str) else "changed"
             if stats.example is None:
                 stats.example = {
                     "path": bounded_value(raw, PATH_VALUE_CHARS),
@@ -152,7 +176,7 @@ class PathTable:
                     "candidate": bounded_value(item.get("candidate"), PATH_VALUE_CHARS),
                 }
             stats.occurrences += 1
-            stats.kinds[kind] = stats.kinds.get(kind, 0) + 1
+            _count_kind(stats.kinds, kind)
             if key not in seen:
                 seen.add(key)
                 stats.exchanges += 1
@@ -230,7 +254,7 @@ class EndpointStats:
         self.candidate_errors += other.candidate_errors
         self.difference_count += other.difference_count
         for kind, n in other.error_kinds.items():
-            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
+            _count_kind(self.error_kinds, kind, n)
         for key, n in other.status_pairs.items():
             self.add_status_pair(key, n)
         self.status_pairs_other += other.status_pairs_other
@@ -258,9 +282,11 @@ def _example(record: Mapping[str, Any]) -> dict[str, Any]:
     elif len(excerpt) > MAX_EXCERPT_CHARS:
         excerpt = excerpt[:MAX_EXCERPT_CHARS] + "\n… (cut)"
     return {
-        "id": record.get("id"),
-        "ts": record.get("ts"),
-        "method": record.get("method"),
+        # Every field bounded, not only the values: a log from elsewhere may hold megabytes,
+        # or nesting deeper than JSON output allows, in any of them.
+        "id": bounded_value(record.get("id")),
+        "ts": bounded_value(record.get("ts")),
+        "method": bounded_value(record.get("method")),
         "path": bounded_value(record.get("path")),
         "outcome": record.get("outcome"),
         "primary": _side(record.get("primary")),
@@ -268,17 +294,17 @@ def _example(record: Mapping[str, Any]) -> dict[str, Any]:
         "secondary": _side(record.get("secondary")),
         "differences": [
             {
-                "where": d.get("where"),
+                "where": bounded_value(d.get("where")),
                 "path": bounded_value(d.get("path")),
-                "kind": d.get("kind"),
+                "kind": bounded_value(d.get("kind")),
                 "primary": bounded_value(d.get("primary")),
                 "candidate": bounded_value(d.get("candidate")),
             }
             for d in (differences if isinstance(differences, list) else [])[:EXAMPLE_DIFFERENCES]
             if isinstance(d, dict)
         ],
-        "difference_count": record.get("difference_count"),
-        "body_kind": record.get("body_kind"),
+        "difference_count": bounded_value(record.get("difference_count")),
+        "body_kind": bounded_value(record.get("body_kind")),
         "notes": bounded_value(record.get("notes")),
         "excerpt": excerpt,
     }
@@ -385,8 +411,7 @@ class Aggregator:
             self._add_differences(stats, record)
         else:
             stats.candidate_errors += 1
-            kind = str(c_status)
-            stats.error_kinds[kind] = stats.error_kinds.get(kind, 0) + 1
+            _count_kind(stats.error_kinds, str(c_status))
             self.timeseries.add(epoch, ERRORS)
             examples = stats.examples[CANDIDATE_ERROR]
             if len(examples) < EXAMPLES_PER_OUTCOME:
@@ -418,7 +443,11 @@ class Aggregator:
         if type(differences) is not list:
             differences = []
         total = record.get("difference_count")
-        stats.difference_count += total if type(total) is int else len(differences)
+        if type(total) is not int or not len(differences) <= total <= MAX_DIFFERENCE_COUNT:
+            # A count from elsewhere may be negative, or past what JSON output can write
+            # (orjson stops at 64 bits) once a few are added up.
+            total = len(differences)
+        stats.difference_count += total
         stats.paths.add_all(differences)
         examples = stats.examples[MISMATCH]
         if len(examples) < EXAMPLES_PER_OUTCOME:

@@ -20,11 +20,13 @@ from shadowproxy.report.summary import BackendLatency, EndpointReport, StatusPai
 
 DEFAULT_TOP_PATHS = 10
 EXAMPLE_VALUE_CHARS = 40
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, and the bidirectional overrides and isolates, which reorder what
+# follows them on terminals and CI log viewers that apply bidi (a "Trojan Source" name).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
-    """Untrusted text with its control characters shown as escapes (``\\x1b``)."""
+    """Untrusted text with its control characters shown as escapes (``\\x1b``, ``\\u202e``)."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
@@ -152,7 +154,7 @@ def endpoint_details(report: EndpointReport, top_paths: int = DEFAULT_TOP_PATHS)
         for path in report.paths[:top_paths]:
             example = path.example or {}
             table.add_row(
-                path.where,
+                safe(path.where),
                 safe(path.path or "-"),
                 f"{path.exchanges:,}",
                 safe(", ".join(f"{k} {n:,}" for k, n in path.kinds.items())),

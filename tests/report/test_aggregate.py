@@ -8,15 +8,17 @@ from shadowproxy.report.aggregate import (
     EXAMPLE_VALUE_CHARS,
     EXAMPLES_PER_OUTCOME,
     MAX_ENDPOINTS,
+    MAX_KINDS,
     MAX_PATHS,
     MAX_STATUS_PAIRS,
     OTHER_ENDPOINT,
+    OTHER_KIND,
     PATH_VALUE_CHARS,
     Aggregator,
     bounded_value,
     generalise_path,
 )
-from shadowproxy.report.jsonout import to_dict
+from shadowproxy.report.jsonout import to_dict, to_json
 from shadowproxy.report.summary import summarise
 from shadowproxy.report.synthetic import difference, exchange_record, generate
 
@@ -177,6 +179,72 @@ def test_long_names_are_cut() -> None:
     ((_, place),) = stats.paths.paths
     assert len(place) == PATH_VALUE_CHARS + 1
     assert stats.paths.paths[("body", place)].exchanges == 3
+
+
+def test_every_field_of_an_example_is_bounded() -> None:
+    """A log from elsewhere may put megabytes, or nesting deeper than JSON output allows, in
+    any field: the examples keep them cut, and the report can still be written."""
+    deep: list[object] = []
+    for _ in range(300):
+        deep = [deep]
+    huge = "x" * 100_000
+    record = mismatch(difference("/a", 1, 2, where=huge, kind=huge))
+    record["differences"].append({"where": deep, "path": "/b", "kind": deep})
+    record |= {"id": deep, "method": huge, "body_kind": deep, "difference_count": deep}
+    aggregator = Aggregator()
+    aggregator.add(record)
+    assert len(to_json(summarise(aggregator))) < 20_000
+
+
+def test_kinds_of_differences_and_errors_are_capped() -> None:
+    aggregator = Aggregator()
+    for n in range(MAX_KINDS * 3):
+        aggregator.add(mismatch(difference("/a", 1, 2, kind=f"kind{n}")))
+        aggregator.add(exchange_record(outcome="candidate_error", error=f"failure{n}"))
+    stats = aggregator.endpoints[ENDPOINT]
+    for kinds in (stats.paths.paths[("body", "/a")].kinds, stats.error_kinds):
+        assert len(kinds) == MAX_KINDS + 1
+        assert kinds[OTHER_KIND] == MAX_KINDS * 2
+    whole = Aggregator()
+    whole.merge(aggregator)
+    whole.merge(aggregator)
+    assert len(whole.endpoints[ENDPOINT].error_kinds) == MAX_KINDS + 1
+
+
+def test_names_from_the_log_are_cut() -> None:
+    aggregator = Aggregator()
+    long = "z" * 5000
+    aggregator.add(mismatch(difference("/a", 1, 2, where=long, kind=long)))
+    aggregator.add(exchange_record(outcome="candidate_error", error=long))
+    stats = aggregator.endpoints[ENDPOINT]
+    ((where, _),) = stats.paths.paths
+    ((kind, _),) = stats.paths.paths[(where, "/a")].kinds.items()
+    ((failure, _),) = stats.error_kinds.items()
+    assert {len(where), len(kind), len(failure)} == {PATH_VALUE_CHARS + 1}
+    assert max(len(str(c)) for _, c in stats.status_pairs) == PATH_VALUE_CHARS + 1
+
+
+def test_a_difference_count_from_elsewhere_is_checked() -> None:
+    aggregator = Aggregator()
+    for count in (2**64 - 1, 2**64 - 1, -5, "many"):
+        aggregator.add(mismatch(difference("/a", 1, 2), difference_count=count))
+    assert aggregator.endpoints[ENDPOINT].difference_count == 4
+    assert to_json(summarise(aggregator))
+
+
+def test_long_paths_are_not_kept_by_the_generalising_cache() -> None:
+    aggregator = Aggregator()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for n in range(300):
+            aggregator.add(mismatch(difference(f"/{n}/" + "k" * 50_000, 1, 2)))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    # 300 paths of 50 kB went through; only their cut forms (300 characters) may stay.
+    assert grown < 2 * 1024 * 1024, f"grew by {grown} bytes"
 
 
 def distinct_records(start: int, count: int) -> list[dict[str, Any]]:

@@ -1,10 +1,14 @@
 import asyncio
+from collections.abc import Sequence
+from unittest import mock
 
 import orjson
 
 from shadowproxy.admin import LiveReport
+from shadowproxy.report import live
+from shadowproxy.report.aggregate import Aggregator
 from shadowproxy.report.live import SUMMARY_MAX_AGE, LiveView
-from shadowproxy.report.summary import SUMMARY_STEP, Summary, summarise
+from shadowproxy.report.summary import SUMMARY_STEP, Summary, summarise, summarise_stepwise
 from shadowproxy.report.synthetic import exchange_record
 from shadowproxy.report.timestamps import parse_ts
 
@@ -60,6 +64,27 @@ async def test_a_large_summary_lets_the_event_loop_serve_while_it_is_made() -> N
     assert turns >= 300 // SUMMARY_STEP  # it ran between the steps, not only after
     assert summary == summarise(view.aggregator, sources=["live"], now=summary_time(summary))
     assert len(summary.endpoints) == 300
+
+
+async def test_viewers_asking_at_once_share_one_summary() -> None:
+    view = LiveView()
+    for i in range(100):
+        view.add(exchange_record(endpoint=f"GET /e{i}/{{id}}"))
+    made = 0
+
+    async def counted(aggregator: Aggregator, *, sources: Sequence[str] = ()) -> Summary:
+        nonlocal made
+        made += 1
+        return await summarise_stepwise(aggregator, sources=sources)
+
+    with mock.patch.object(live, "summarise_stepwise", counted):
+        viewers = [asyncio.ensure_future(view.summary()) for _ in range(20)]
+        await asyncio.sleep(0)
+        viewers[0].cancel()  # one went away: the others still get the summary
+        summaries = await asyncio.gather(*viewers[1:])
+    assert made == 1
+    assert all(summary is summaries[0] for summary in summaries)
+    assert len(summaries[0].endpoints) == 100
 
 
 def summary_time(summary: Summary) -> float:

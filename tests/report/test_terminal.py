@@ -5,7 +5,7 @@ from rich.console import Console
 from shadowproxy.report.aggregate import Aggregator
 from shadowproxy.report.summary import summarise
 from shadowproxy.report.synthetic import difference, exchange_record, generate
-from shadowproxy.report.terminal import percent, render_terminal, safe
+from shadowproxy.report.terminal import percent, printable, render_terminal, safe
 
 
 def rendered(aggregator: Aggregator, width: int = 200, **options: int) -> str:
@@ -42,6 +42,26 @@ def test_logged_values_are_not_markup_or_control_codes() -> None:
     assert "\x1b" not in text
     assert "\\u001b[2J" in text
     assert "[link=http://evil]y" in text
+
+
+def test_where_of_a_difference_is_not_markup_or_control_codes() -> None:
+    aggregator = Aggregator()
+    where = "b\x1b]8;;http://evil\x1b\\[link=http://evil]x[/link]\x1b[2J"
+    aggregator.add(
+        exchange_record(outcome="mismatch", differences=[difference("/x", 1, 2, where=where)])
+    )
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=True)
+    render_terminal(summarise(aggregator), console)
+    text = out.getvalue()
+    assert "\x1b]8" not in text
+    assert "\x1b[2J" not in text
+    assert "[link=http://evil]x[/link]" in text
+
+
+def test_bidi_overrides_are_shown_as_escapes() -> None:
+    # U+202E would show "GET /gpj.exe" as "GET /exe.jpg" where bidi is applied.
+    assert printable("GET /\u202egpj.exe\u2066") == "GET /\\u202egpj.exe\\u2066"
 
 
 def test_empty_report() -> None:
