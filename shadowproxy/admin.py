@@ -1,7 +1,8 @@
 """The admin listener: health, readiness, metrics, the active config and the live report.
 
 It binds loopback by default. Bound elsewhere, the endpoints that reveal traffic or config
-(``/config``, ``/report``) require ``Authorization: Bearer <admin_token>``.
+(``/config``, ``/report``, ``/report.json``) require ``Authorization: Bearer <admin_token>``;
+on loopback they answer requests whose Host names this machine (or that carry the token).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -71,13 +74,39 @@ async def primary_reachable(config: Config) -> bool:
     return True
 
 
+def _names_this_machine(host: str) -> bool:
+    """Whether a Host header names a loopback address or ``localhost``."""
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return False
+    if name is None:
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _authorised(request: web.Request, config: Config) -> web.Response | None:
-    """None when the request may see sensitive endpoints, else the refusal to send."""
-    if config.admin.is_loopback:
-        return None
+    """None when the request may see sensitive endpoints, else the refusal to send.
+
+    On a loopback listener no token is needed, but the Host must name this machine: a web
+    page whose own name was made to resolve to 127.0.0.1 (DNS rebinding) reaches the listener
+    through a local browser, with that name in Host; only a token lets such a request in.
+    """
     token = config.effective_admin_token()
+    if config.admin.is_loopback and _names_this_machine(request.headers.get("Host", "")):
+        return None
     if token is None:
-        return _json({"error": "forbidden", "detail": "set admin_token to enable"}, 403)
+        detail = (
+            "the Host header must name this machine (localhost or a loopback address)"
+            if config.admin.is_loopback
+            else "set admin_token to enable"
+        )
+        return _json({"error": "forbidden", "detail": detail}, 403)
     sent = request.headers.get("Authorization", "")
     # surrogateescape: the bytes as sent, even when they are not UTF-8 (a wrong token then).
     if hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):

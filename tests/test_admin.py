@@ -103,3 +103,48 @@ async def test_healthcheck_command_reaches_the_admin_listener_the_config_names(
     gone = await asyncio.to_thread(run_cli, "healthcheck", "--config", str(config))
     assert gone.returncode == 1
     assert "Traceback" not in gone.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1", 200),
+        ("localhost:9901", 200),
+        ("[::1]:9901", 200),
+        ("127.5.6.7:80", 200),
+        ("attacker.example:9901", 403),  # a page rebound to 127.0.0.1, read by a browser
+        ("127.0.0.1.attacker.example", 403),
+        ("", 403),
+    ],
+)
+async def test_on_loopback_sensitive_pages_answer_only_hosts_naming_this_machine(
+    admin_url: str, host: str, status: int
+) -> None:
+    async with aiohttp.ClientSession() as client:
+        for path in ("/config", "/report.json"):
+            async with client.get(admin_url + path, headers={"Host": host}) as response:
+                assert response.status == status, (path, await response.text())
+        async with client.get(admin_url + "/healthz", headers={"Host": host}) as response:
+            assert response.status == 200  # health and metrics reveal nothing
+
+
+async def test_on_loopback_a_token_lets_any_host_in() -> None:
+    config = parse_config(
+        {"primary": {"url": "http://127.0.0.1:1"}, "candidate": CONFIG_CANDIDATE}
+        | {"admin_token": "s3cret-token"}
+    )
+    app = build_admin_app(config=lambda: config, metrics=lambda: b"")
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/config"
+    try:
+        async with aiohttp.ClientSession() as client:
+            headers = {"Host": "proxy.internal"}
+            async with client.get(url, headers=headers) as response:
+                assert response.status == 401
+            headers["Authorization"] = "Bearer s3cret-token"
+            async with client.get(url, headers=headers) as response:
+                assert response.status == 200
+    finally:
+        await runner.cleanup()
