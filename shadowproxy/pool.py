@@ -16,6 +16,7 @@ import asyncio
 import base64
 import enum
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -268,6 +269,12 @@ class UpstreamResponse:
         except httptools.HttpParserError as error:
             self.fail(InvalidResponse(f"the answer is not valid HTTP: {error}"))
             return
+        except httptools.HttpParserUpgrade:
+            # A 101 that switches protocols: this client never asks for one (WebSockets take
+            # another path), and llhttp stops at it. Left to escape, the error would kill the
+            # transport and pass for a backend that closed the connection.
+            self.fail(InvalidResponse("the answer switches protocols, which nobody asked for"))
+            return
         if self.phase is Phase.HEAD:
             # The parser holds an unfinished head in memory: bound it.
             self._head_bytes += len(data)
@@ -460,6 +467,8 @@ class _Connection(asyncio.Protocol):
         self.current: UpstreamResponse | None = None
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self._spare: socket.socket | None = None
+        """A second handle on the socket while a request body streams out (`keep_spare`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio's; they have the same methods.
@@ -510,6 +519,9 @@ class _Connection(asyncio.Protocol):
             self._drained.set_exception(ConnectionClosed("the backend closed the connection"))
             self._drained.exception()
         current = self.current
+        if current is not None and exc is not None:
+            self._read_leftover(current)
+        self._drop_spare()
         if current is not None:
             current.closed(exc)
         else:
@@ -546,9 +558,49 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.is_closed:
             self.transport.close()
 
+    def keep_spare(self) -> None:
+        """Hold a second handle on the socket while a request body streams out.
+
+        A backend may answer before reading the body (an early 413) and close with the body
+        unread: a reset. A write that meets the reset before the answer was read fails, and
+        the transport closes its own handle at once; the spare one still reads the answer from
+        the kernel's buffer (`_read_leftover`). Not over TLS, whose bytes only the transport
+        can read.
+        """
+        if self._spare is not None or self.pool.tls or self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            self._spare = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            return  # out of file descriptors: the exchange goes on without it
+
+    def _read_leftover(self, current: UpstreamResponse) -> None:
+        """Feed what the backend sent before a failure closed the transport (`keep_spare`)."""
+        spare = self._spare
+        if spare is None:
+            return
+        spare.setblocking(False)
+        while current.phase is Phase.HEAD or current.phase is Phase.BODY:
+            try:
+                data = spare.recv(HIGH_WATER)
+            except OSError:
+                return
+            if not data:
+                return
+            current.feed(data)
+
+    def _drop_spare(self) -> None:
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
+
     def finished(self, response: UpstreamResponse, *, reusable: bool) -> None:
         if self.current is response:
             self.current = None
+        self._drop_spare()
         self.reused = True
         if reusable and not self.is_closed and not self.transport_closing():
             if response.expects_body_after_head:
@@ -582,6 +634,7 @@ class Pool:
         self._on_connect = on_connect
         self.timing = timing
         self._ssl = ssl_context
+        self.tls = ssl_context is not None
         self._server_hostname = server_hostname
         self._unix = backend.unix_socket
         self._literal = True
@@ -883,6 +936,7 @@ async def _send_body(
     """Stream a request body, chunked when its length is unknown; a failure of the body
     (the client's doing) or of the connection ends the exchange with that failure."""
     chunks = aiter(body)
+    connection.keep_spare()
     try:
         while True:
             response.awaiting_client(True)

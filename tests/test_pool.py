@@ -8,6 +8,7 @@ import asyncio
 import base64
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -648,6 +649,20 @@ async def test_garbage_instead_of_http_is_invalid_response(
     assert pool.open_connections == 0
 
 
+async def test_switching_protocols_unasked_is_invalid_response(
+    serve_raw: ServeRaw, make_pool: MakePool
+) -> None:
+    """llhttp stops at a 101 with Upgrade; the pool never asks for one: a broken answer, not a
+    connection the backend closed (nor an error escaping into the event loop)."""
+    server = await serve_raw(
+        respond(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+    )
+    pool = make_pool(server.url)
+    with pytest.raises(InvalidResponse, match="switches protocols"):
+        await pool.request("GET", "/", CIMultiDict())
+    assert pool.open_connections == 0
+
+
 async def test_endless_head_is_refused_without_buffering_it(
     raw_server: StartServer, make_pool: MakePool
 ) -> None:
@@ -847,6 +862,49 @@ async def test_post_on_a_stale_connection_is_not_retried(
         await pool.request("POST", "/order", CIMultiDict(), b"buy")
     assert server.accepted == 1
     assert [r.target for r in server.requests] == [b"/", b"/order"]
+
+
+async def test_an_early_answer_outlives_a_body_write_that_meets_the_reset(
+    make_pool: MakePool,
+) -> None:
+    """A backend may answer before reading the body (an early 413) and close unread: a reset.
+    A piece of the body written after the reset came but before the answer was read fails;
+    the answer, already in the kernel's buffer, must still be read, not reported as a
+    connection closed before answering."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    reset_sent: asyncio.Future[None] = loop.create_future()
+
+    async def answer_early_then_reset() -> None:
+        peer, _ = await loop.sock_accept(listener)
+        with peer:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await loop.sock_recv(peer, 65536)
+            peer.sendall(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig")
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_sent.set_result(None)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first"
+        await reset_sent
+        # Resumed before the event loop polls the pool's socket again: this write meets the
+        # reset while the answer still waits in the kernel's buffer.
+        yield b"second"
+
+    backend = loop.create_task(answer_early_then_reset())
+    with listener:
+        port = listener.getsockname()[1]
+        pool = make_pool(f"http://127.0.0.1:{port}")
+        headers = CIMultiDict({"Content-Length": "11"})
+        response = await pool.request("POST", "/upload", headers, body())
+        try:
+            assert (response.status, await read_all(response)) == (413, b"big")
+        finally:
+            response.release()
+        await backend
+    assert pool.open_connections == 0
 
 
 # -- timeouts ----------------------------------------------------------------------------------
