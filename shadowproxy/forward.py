@@ -67,7 +67,17 @@ class PassthroughResponse(web.StreamResponse):
 
     async def _prepare_headers(self) -> None:
         supplied = {name for name in _SERVER_DEFAULTS if name in self.headers}
+        # aiohttp drops a 304's Content-Length, which RFC 9110 (section 15.4.5) allows: the
+        # size of the representation the 304 stands for; no body follows. Keep it, in place.
+        kept = None
+        if self.status == 304 and "Content-Length" in self.headers:
+            kept = list(self.headers.items())
         await super()._prepare_headers()
+        if kept is not None and "Content-Length" not in self.headers:
+            # aiohttp only removed that one field and appended its own after the primary's.
+            added = list(self.headers.items())[len(kept) - 1 :]
+            self.headers.clear()
+            self.headers.extend(kept + added)
         for name in _SERVER_DEFAULTS:
             if name not in supplied:
                 self.headers.popall(name, None)

@@ -217,6 +217,30 @@ async def test_head_204_304_and_redirects(
     assert [s.raw_path for s in primary.seen].count("/elsewhere") == 0
 
 
+async def test_a_304_keeps_its_content_length_in_place(
+    serve_raw: ServeRaw, candidate: Backend, make_proxy: MakeProxy
+) -> None:
+    # RFC 9110 (section 15.4.5): a 304 may carry the Content-Length of the representation it
+    # stands for; no body follows it.
+    async def respond(_: bytes) -> bytes:
+        return (
+            b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 50\r\n'
+            b"Cache-Control: max-age=60\r\n\r\n"
+        )
+
+    primary = await serve_raw(respond)
+    proxy = await make_proxy(primary.url, candidate.url)
+    raw = await raw_get(proxy.url, b"GET /cached HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[:4] == [
+        b"HTTP/1.1 304 Not Modified",
+        b'ETag: "v1"',
+        b"Content-Length: 50",
+        b"Cache-Control: max-age=60",
+    ]
+    assert body == b""
+
+
 async def test_encoded_query_and_binary_body_reach_primary_exactly(
     serve: Serve, candidate: Backend, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
