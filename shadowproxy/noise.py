@@ -76,6 +76,7 @@ import orjson
 from shadowproxy.compare.model import Comparison, Difference, Kind, Where
 from shadowproxy.config import Config, NoiseConfig
 from shadowproxy.exchange import Failure, Response
+from shadowproxy.period import Period
 from shadowproxy.report.aggregate import generalise_path
 
 __all__ = [
@@ -490,9 +491,7 @@ class NoiseFilter:
         self._active = config.secondary is not None
         noise = config.noise
         self._path = state_file(noise.state_path, worker) if noise.state_path else None
-        self._interval = noise.save_interval
-        self._rescheduled = asyncio.Event()
-        """Set by a reload that changes the interval: the saver then waits anew with it."""
+        self._period = Period(noise.save_interval)
         self._saver: asyncio.Task[None] | None = None
         self.model = NoiseModel.from_config(noise)
         if self._path is not None:
@@ -513,9 +512,7 @@ class NoiseFilter:
         """Take a reloaded config; ``noise.state_path`` is kept (it needs a restart)."""
         self._active = config.secondary is not None
         self.model.configure(config.noise)
-        if config.noise.save_interval != self._interval:
-            self._interval = config.noise.save_interval
-            self._rescheduled.set()
+        self._period.set(config.noise.save_interval)
 
     def apply(
         self,
@@ -544,14 +541,7 @@ class NoiseFilter:
     async def _save_periodically(self) -> None:
         assert self._path is not None
         while True:
-            try:
-                async with asyncio.timeout(self._interval):
-                    await self._rescheduled.wait()
-            except TimeoutError:
-                pass
-            else:  # a reload changed the interval: wait anew, not the rest of the old one
-                self._rescheduled.clear()
-                continue
+            await self._period.wait()
             if self.model.dirty:
                 try:
                     await self.model.save_async(self._path)

@@ -35,6 +35,7 @@ from shadowproxy.exchange import Exchange, Failure, Outcome, Response
 from shadowproxy.headers import REDACTED
 from shadowproxy.logsafe import secret_header
 from shadowproxy.oplog import LOSS_REPORT_INTERVAL, ThrottledCount
+from shadowproxy.period import Period
 from shadowproxy.pipeout import BackgroundWriter, append_lines, waits_for_reader
 from shadowproxy.redact import Redactor
 
@@ -336,9 +337,7 @@ class LogWriter:
         """Set when the output is a pipe, socket or terminal: a thread writes to it."""
         self._lossless = lossless
         self._giving_up = False
-        self._interval = config.flush_interval
-        self._rescheduled = asyncio.Event()
-        """Set by a reload that changes the interval: the flusher then waits anew with it."""
+        self._period = Period(config.flush_interval)
         self.configure(config)
         self._fd: int | None = None
         self._owns_fd = False
@@ -370,9 +369,7 @@ class LogWriter:
     def configure(self, config: LogConfig) -> None:
         """Take the flush interval, rotation and buffer settings (on a reload too); the path
         stays the one the writer was made with."""
-        if config.flush_interval != self._interval:
-            self._interval = config.flush_interval
-            self._rescheduled.set()
+        self._period.set(config.flush_interval)
         self._max_bytes = config.max_bytes if self._path != "-" else None
         self._backups = config.backups
         self._max_buffer_bytes = config.max_buffer_bytes
@@ -574,13 +571,8 @@ class LogWriter:
 
     async def _flush_periodically(self) -> None:
         while True:
-            try:
-                async with asyncio.timeout(self._interval):
-                    await self._rescheduled.wait()
-            except TimeoutError:
-                self.flush()
-            else:  # a reload changed the interval: wait anew, not the rest of the old one
-                self._rescheduled.clear()
+            await self._period.wait()
+            self.flush()
 
     async def room(self) -> None:
         """Wait while more than ``log.max_buffer_bytes`` wait for a pipe's reader: how a
